@@ -1,0 +1,21 @@
+"""fastoptim: modern PyTorch optimizers, exact to their official code, at memory-bandwidth speed."""
+
+from fastoptim.algorithms import SGD, Adam, AdamW, Lion
+from fastoptim.factory import create_optimizer, param_groups_weight_decay
+from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
+from fastoptim.optimizer import Optimizer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Lion",
+    "Optimizer",
+    "__version__",
+    "create_optimizer",
+    "param_groups_weight_decay",
+    "prepare_for_gradient_release",
+    "remove_gradient_release",
+]

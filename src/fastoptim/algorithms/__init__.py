@@ -1,0 +1,7 @@
+"""The optimizers, one module each; every one is a :class:`fastoptim.optimizer.Optimizer`."""
+
+from fastoptim.algorithms.adam import Adam, AdamW
+from fastoptim.algorithms.lion import Lion
+from fastoptim.algorithms.sgd import SGD
+
+__all__ = ["SGD", "Adam", "AdamW", "Lion"]

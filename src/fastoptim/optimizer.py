@@ -1,0 +1,286 @@
+"""The base class every fastoptim optimizer derives from.
+
+An algorithm is a subclass that supplies four small pieces and nothing else:
+
+* ``STATE_KEYS`` (or :meth:`Optimizer.state_keys`): the names of its zero-initialised per-parameter
+  buffers, in the order its rule takes them;
+* :meth:`Optimizer.check_group`: validation of its own hyperparameters;
+* :meth:`Optimizer.scalars`: the per-step Python scalars (bias corrections, step sizes);
+* :meth:`Optimizer.rule`: the elementwise maths, written once against the primitives of
+  :mod:`fastoptim.runners.ops`.
+
+The base class owns everything else: param groups and validation, lazy state initialisation, the
+per-parameter step counter, bucketing by device/dtype/step, backend dispatch, weight decay (L2,
+decoupled, fully decoupled), low precision with Kahan summation, optimizer accumulation and the
+per-parameter step that gradient release runs inside backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from fastoptim.precision import is_low_precision
+from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
+from fastoptim.validation import check_bool, check_nonnegative, check_positive
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+#: What a rule returns: a function adding the update to its argument, and the new states.
+RuleResult = tuple[Callable[[Any], Any], tuple[Any, ...]]
+
+
+def _choose_backend(backend: Any, foreach: bool | None) -> str:
+    if backend in PLANNED_BACKENDS:
+        raise ValueError(f"backend={backend!r} is not available in this release; choose one of {BACKENDS}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    check_bool(foreach, "foreach", allow_none=True)
+    if foreach is None:
+        return backend
+    alias = "foreach" if foreach else "loop"
+    if backend not in ("auto", alias):
+        raise ValueError(f"foreach={foreach} contradicts backend={backend!r}; pass only one of them")
+    return alias
+
+
+class Optimizer(torch.optim.Optimizer):
+    """A ``torch.optim.Optimizer`` whose maths is one rule shared by every execution path.
+
+    Args:
+        params: Tensors to optimise, or dicts defining parameter groups.
+        defaults: The algorithm's hyperparameters (group options).
+        kahan_sum: Kahan-compensated parameter updates. None (default) turns it on for bfloat16
+            and float16 parameters; it has no effect on float32/float64 parameters.
+        backend: ``"auto"`` (default: per-tensor loop on CPU, foreach elsewhere), ``"loop"`` or
+            ``"foreach"``.
+        foreach: Alias of ``backend``: True means ``"foreach"``, False ``"loop"``.
+        gradient_release: Allow :func:`fastoptim.prepare_for_gradient_release` to run the step
+            for each parameter inside backward, as soon as its gradient is ready.
+    """
+
+    #: Per-parameter buffers, zero-initialised, in the order the rule receives them.
+    STATE_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: True for algorithms with their own decay rule; the shared L2/decoupled decay then stays off.
+    OWN_WEIGHT_DECAY: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        kahan_sum: bool | None = None,
+        backend: str = "auto",
+        foreach: bool | None = None,
+        gradient_release: bool = False,
+    ) -> None:
+        if isinstance(params, (set, Tensor)):
+            raise TypeError(
+                f"params must be an ordered iterable of tensors or dicts, got {type(params).__name__}"
+            )
+        check_bool(kahan_sum, "kahan_sum", allow_none=True)
+        check_bool(gradient_release, "gradient_release")
+        self.backend = _choose_backend(backend, foreach)
+        self.gradient_release = gradient_release
+        self.optimizer_accumulation = False
+        self._group_index: dict[int, int] | None = None
+        super().__init__(params, {**defaults, "kahan_sum": kahan_sum})
+
+    # ------------------------------------------------------------------ algorithm interface
+
+    def state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """The state buffers a parameter of ``group`` needs; ``STATE_KEYS`` unless overridden."""
+        return self.STATE_KEYS
+
+    def check_group(self, group: dict[str, Any]) -> None:
+        """Validates the algorithm's own hyperparameters in ``group``; raises ValueError."""
+
+    def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
+        """Returns the algorithm's scalars for a parameter at ``step`` (1 at the first update)."""
+        return {}
+
+    def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
+        """The update: returns ``(step_into, new_state)``; see :mod:`fastoptim.runners.ops`.
+
+        ``step_into(t)`` adds the parameter update to ``t`` and returns it; the machinery calls it
+        on the parameter, or on the Kahan buffer, after any decoupled decay, so it must not read
+        ``param``. ``s`` holds the algorithm's scalars plus ``lr``.
+        """
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ param groups
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Adds a parameter group after checking its tensors and hyperparameters."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param groups must be dicts, got {type(param_group).__name__}")
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("params must be an ordered collection of tensors, not a set")
+        params = list(params)
+        seen: set[int] = set()
+        for group in self.param_groups:
+            seen.update(id(p) for p in group["params"])
+        for p in params:
+            if not isinstance(p, Tensor):
+                raise TypeError(f"params must contain only tensors, got {type(p).__name__}")
+            if p.dtype not in SUPPORTED_DTYPES:
+                raise TypeError(f"params: dtype {p.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
+            if id(p) in seen:
+                raise ValueError("params: a parameter appears more than once across parameter groups")
+            seen.add(id(p))
+        group = {**param_group, "params": params}
+        for name, default in self.defaults.items():
+            group.setdefault(name, default)
+        self._check_common(group)
+        self.check_group(group)
+        super().add_param_group(group)
+        self._group_index = None
+
+    def _check_common(self, group: dict[str, Any]) -> None:
+        check_nonnegative(group["lr"], "lr")
+        check_nonnegative(group.get("weight_decay", 0.0), "weight_decay")
+        check_bool(group["kahan_sum"], "kahan_sum", allow_none=True)
+        for flag in ("decouple_wd", "decouple_lr"):
+            if flag in group:
+                check_bool(group[flag], flag)
+        if group.get("decouple_lr"):
+            if group.get("max_lr") is None:
+                group["max_lr"] = float(group["lr"])
+            try:
+                check_positive(group["max_lr"], "max_lr")
+            except ValueError as error:
+                raise ValueError(
+                    f"{error}: decouple_lr=True divides the learning rate by max_lr; "
+                    "pass max_lr= the peak of your learning-rate schedule"
+                ) from None
+        elif group.get("max_lr") is not None:
+            check_positive(group["max_lr"], "max_lr")
+
+    # ------------------------------------------------------------------ stepping
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Performs one optimisation step on every parameter that has a gradient.
+
+        Args:
+            closure: Re-evaluates the model and returns the loss (optional).
+
+        Returns:
+            The closure's loss, or None.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        update_params = not self.optimizer_accumulation
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if params:
+                self._step_params(group, params, self.backend, update_params)
+        return loss
+
+    def _step_params(
+        self, group: dict[str, Any], params: list[Tensor], backend: str, update_params: bool
+    ) -> None:
+        name = type(self).__name__
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{name} does not support sparse gradients")
+        lr = float(group["lr"])
+        keys = self.state_keys(group)
+        kahan_allowed = group["kahan_sum"] is not False
+        buckets: dict[tuple[int, torch.device, torch.dtype], Bucket] = {}
+        for p in params:
+            state = self.state[p]
+            for key in keys:
+                if key not in state:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            step = state["step"] = state.get("step", 0) + 1
+            bucket = buckets.get((step, p.device, p.dtype))
+            if bucket is None:
+                bucket = self._new_bucket(group, step, lr, p, len(keys), kahan_allowed)
+                buckets[(step, p.device, p.dtype)] = bucket
+            bucket.params.append(p)
+            bucket.grads.append(p.grad)
+            for column, key in zip(bucket.states, keys, strict=True):
+                column.append(state[key])
+            if bucket.kahan_comps is not None:
+                if "kahan_comp" not in state:
+                    state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bucket.kahan_comps.append(state["kahan_comp"])
+        for bucket in buckets.values():
+            get_runner(backend, bucket.device)(self, bucket, update_params)
+
+    def _new_bucket(
+        self, group: dict[str, Any], step: int, lr: float, p: Tensor, n_states: int, kahan_allowed: bool
+    ) -> Bucket:
+        low_precision = is_low_precision(p.dtype)
+        l2, decay_rate = self._weight_decay(group, lr)
+        scalars = SimpleNamespace(lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision)
+        scalars.__dict__.update(self.scalars(group, step, lr))
+        return Bucket(
+            device=p.device,
+            dtype=p.dtype,
+            scalars=scalars,
+            states=[[] for _ in range(n_states)],
+            kahan_comps=[] if low_precision and kahan_allowed else None,
+        )
+
+    def _weight_decay(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
+        """Returns the L2 coefficient and the decoupled decay rate for ``group``.
+
+        The L2 coefficient is added to the gradient; the decoupled rate is ``lr * wd``, or
+        ``lr / max_lr * wd`` with ``decouple_lr``. Exactly one of them is nonzero, or neither.
+        """
+        weight_decay = group.get("weight_decay", 0.0)
+        if self.OWN_WEIGHT_DECAY or not weight_decay:
+            return 0.0, 0.0
+        if group.get("decouple_lr"):
+            return 0.0, lr / float(group["max_lr"]) * weight_decay
+        if group.get("decouple_wd"):
+            return 0.0, lr * weight_decay
+        return weight_decay, 0.0
+
+    # ------------------------------------------------------------------ gradient release
+
+    def _group_of(self, param: Tensor) -> dict[str, Any] | None:
+        if self._group_index is None:
+            self._group_index = {
+                id(p): i for i, group in enumerate(self.param_groups) for p in group["params"]
+            }
+        index = self._group_index.get(id(param))
+        return None if index is None else self.param_groups[index]
+
+    def release_step(self, param: Tensor) -> None:
+        """Steps one parameter and frees its gradient; the gradient-release hook calls this.
+
+        Parameters that are not in this optimizer keep their gradient untouched.
+        """
+        group = self._group_of(param)
+        if group is None or param.grad is None:
+            return
+        with torch.no_grad():
+            self._step_params(group, [param], "loop", not self.optimizer_accumulation)
+        param.grad = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {
+            **super().__getstate__(),
+            "backend": self.backend,
+            "gradient_release": self.gradient_release,
+            "optimizer_accumulation": self.optimizer_accumulation,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("gradient_release", False)
+        self.__dict__.setdefault("optimizer_accumulation", False)
+        self._group_index = None

@@ -1,0 +1,65 @@
+"""Writing an update into a parameter: plainly, or Kahan-compensated for bf16/fp16 parameters.
+
+Runners compute in float32 for low-precision parameters and call :func:`store` once per parameter
+(or list of parameters) with the algorithm's update. Decoupled weight decay goes through the same
+write, so it is compensated too: a bf16 weight decayed by ``lr * wd = 1e-5`` per step keeps
+decaying, where a plain bf16 ``p *= 1 - lr * wd`` rounds back to ``p`` every step.
+
+Kahan summation keeps the part of each update that the parameter's dtype could not represent in
+a compensation buffer ``c`` (same dtype as the parameter) and adds it back at the next step::
+
+    y  = c + Δ            # Δ: this step's update, including decoupled decay
+    p' = round(p + y)
+    c  = y - (p' - p)     # what rounding dropped
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def is_low_precision(dtype: torch.dtype) -> bool:
+    """Whether parameters of ``dtype`` are computed in float32 and may use Kahan summation."""
+    return dtype in LOW_PRECISION
+
+
+def store(
+    ops: Any,
+    param: Any,
+    param_fp32: Any,
+    kahan_comp: Any | None,
+    step_into: Callable[[Any], Any],
+    decay_rate: float,
+) -> None:
+    """Applies ``p ← (1 - decay_rate) · p + Δ`` where ``step_into(t)`` returns ``t + Δ``.
+
+    Args:
+        ops: The runner's primitives (:class:`~fastoptim.runners.ops.TensorOps` or
+            :class:`~fastoptim.runners.ops.ForeachOps`).
+        param: The parameter (or list of parameters) to write.
+        param_fp32: ``param`` itself for float32/float64 parameters, else a float32 copy.
+        kahan_comp: The compensation buffer(s), or None for a plain write.
+        step_into: Adds the algorithm's update to its argument and returns the result; may work
+            in place on its argument.
+        decay_rate: Decoupled weight decay already scaled by the learning rate (0 for none).
+    """
+    if kahan_comp is not None:
+        comp = ops.to_fp32(kahan_comp)
+        if decay_rate:
+            comp = ops.add_(comp, param_fp32, -decay_rate)
+        comp = step_into(comp)
+        ops.copy_(param, ops.add(param_fp32, comp))
+        comp = ops.sub_(comp, ops.sub(ops.to_fp32(param), param_fp32))
+        ops.copy_(kahan_comp, comp)
+        return
+    target = param_fp32
+    if decay_rate:
+        target = ops.mul_(target, 1.0 - decay_rate)
+    result = step_into(target)
+    if result is not param:
+        ops.copy_(param, result)

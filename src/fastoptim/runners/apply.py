@@ -1,0 +1,57 @@
+"""The one place where an algorithm's rule meets the cross-cutting features.
+
+:func:`apply_rule` is shared by every eager runner: it upcasts low-precision values to float32,
+adds L2 weight decay to the gradient, calls the algorithm's rule, writes the new states back and
+hands the update to :func:`~fastoptim.precision.store` (plain or Kahan, with decoupled decay).
+The loop runner calls it per tensor with :class:`~fastoptim.runners.ops.TensorOps`, the foreach
+runner per list with :class:`~fastoptim.runners.ops.ForeachOps`.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+from fastoptim.precision import store
+
+
+def apply_rule(
+    optimizer: Any,
+    ops: Any,
+    param: Any,
+    grad: Any,
+    states: tuple[Any, ...],
+    kahan_comp: Any | None,
+    scalars: SimpleNamespace,
+    update_params: bool,
+) -> None:
+    """Runs one update of ``optimizer``'s rule on a tensor or a list of tensors.
+
+    Args:
+        optimizer: The optimizer whose ``rule`` is applied.
+        ops: Primitives matching the kind of ``param`` (tensor or list).
+        param: Parameter(s), updated in place unless ``update_params`` is False.
+        grad: Gradient(s); never modified.
+        states: State buffers in the order of the optimizer's ``state_keys``; updated in place.
+        kahan_comp: Kahan compensation buffer(s) or None.
+        scalars: Per-step scalars: the algorithm's own plus ``lr``, ``l2``, ``decay_rate`` and
+            ``low_precision``.
+        update_params: False during optimizer accumulation: states advance, parameters and
+            weight decay do not.
+    """
+    if scalars.low_precision:
+        grad = ops.to_fp32(grad)
+        work = tuple(ops.to_fp32(s) for s in states)
+        param_fp32 = ops.to_fp32(param)
+    else:
+        work = states
+        param_fp32 = param
+    if update_params and scalars.l2:
+        grad = ops.add(grad, param_fp32, scalars.l2)
+    step_into, new_states = optimizer.rule(ops, param_fp32, grad, work, scalars)
+    for buffer, value in zip(states, new_states, strict=True):
+        if value is not buffer:
+            ops.copy_(buffer, value)
+    if update_params:
+        decay = scalars.decay_rate
+        store(ops, param, param_fp32, kahan_comp, step_into, decay)

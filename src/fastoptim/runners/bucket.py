@@ -1,0 +1,34 @@
+"""Parameters that share one step's scalars, dtype and device, ready for a runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Bucket:
+    """Parameters of one group with the same step count, device and dtype.
+
+    Attributes:
+        params: The parameters.
+        grads: Their gradients.
+        states: One list per state key (in ``state_keys`` order), aligned with ``params``.
+        kahan_comps: Kahan compensation buffers aligned with ``params``, or None when the
+            bucket is not Kahan-summed.
+        scalars: The step's scalars, shared by every parameter of the bucket.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    scalars: SimpleNamespace
+    params: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    states: list[list[Tensor]] = field(default_factory=list)
+    kahan_comps: list[Tensor] | None = None
+
+    def __len__(self) -> int:
+        return len(self.params)

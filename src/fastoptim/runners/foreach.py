@@ -1,0 +1,41 @@
+"""The multi-tensor runner: ``torch._foreach_*`` kernels over chunks of a bucket."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastoptim.runners.apply import apply_rule
+from fastoptim.runners.bucket import Bucket
+from fastoptim.runners.ops import ForeachOps
+
+#: Elements per chunk: bounds the temporaries a rule allocates (a few chunk-sized lists).
+CHUNK_ELEMENTS = 1 << 24
+
+
+def _chunks(bucket: Bucket) -> Iterator[slice]:
+    start, size = 0, 0
+    for i, param in enumerate(bucket.params):
+        size += param.numel()
+        if size >= CHUNK_ELEMENTS:
+            yield slice(start, i + 1)
+            start, size = i + 1, 0
+    if start < len(bucket.params):
+        yield slice(start, len(bucket.params))
+
+
+def run_foreach(optimizer: Any, bucket: Bucket, update_params: bool) -> None:
+    """Applies the optimizer's rule to ``bucket`` with one multi-tensor kernel per primitive."""
+    for part in _chunks(bucket):
+        states = tuple(column[part] for column in bucket.states)
+        comps = None if bucket.kahan_comps is None else bucket.kahan_comps[part]
+        apply_rule(
+            optimizer,
+            ForeachOps,
+            bucket.params[part],
+            bucket.grads[part],
+            states,
+            comps,
+            bucket.scalars,
+            update_params,
+        )

@@ -1,0 +1,181 @@
+"""Declarative registry of optimizer configurations.
+
+Each case names a fastoptim optimizer with explicit hyperparameters and, where one exists, the
+reference implementations that must follow the same trajectory. Entries never mention backends,
+dtypes or features: the test harness adds those variants to every case.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import fastoptim
+from tests.reference import lion_pytorch_lion, optimi_optimizer
+
+ReferenceFactory = Callable[[Any], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One optimizer configuration.
+
+    Attributes:
+        name: Test id.
+        optimizer: The fastoptim class.
+        kwargs: Its constructor arguments.
+        references: Reference name -> factory building the reference optimizer on given params.
+    """
+
+    name: str
+    optimizer: type[fastoptim.Optimizer]
+    kwargs: dict[str, Any]
+    references: dict[str, ReferenceFactory] = field(default_factory=dict)
+
+    def build(self, params: Any, **extra: Any) -> fastoptim.Optimizer:
+        return self.optimizer(params, **{**self.kwargs, **extra})
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def torch_optim(cls: type, **kwargs: Any) -> ReferenceFactory:
+    return lambda params: cls(params, foreach=False, **kwargs)
+
+
+ADAM_TORCH = dict(betas=(0.9, 0.99), eps=1e-6)
+
+CASES: list[Case] = [
+    Case(
+        "adam",
+        fastoptim.Adam,
+        dict(lr=1e-2),
+        {
+            "torch": torch_optim(torch.optim.Adam, lr=1e-2, **ADAM_TORCH),
+            "optimi": optimi_optimizer("Adam", lr=1e-2),
+        },
+    ),
+    Case(
+        "adam_betas_eps",
+        fastoptim.Adam,
+        dict(lr=3e-3, betas=(0.8, 0.95), eps=1e-8),
+        {
+            "torch": torch_optim(torch.optim.Adam, lr=3e-3, betas=(0.8, 0.95), eps=1e-8),
+            "optimi": optimi_optimizer("Adam", lr=3e-3, betas=(0.8, 0.95), eps=1e-8),
+        },
+    ),
+    Case(
+        "adam_l2",
+        fastoptim.Adam,
+        dict(lr=1e-2, weight_decay=0.1),
+        {
+            "torch": torch_optim(torch.optim.Adam, lr=1e-2, weight_decay=0.1, **ADAM_TORCH),
+            "optimi": optimi_optimizer("Adam", lr=1e-2, weight_decay=0.1),
+        },
+    ),
+    Case(
+        "adam_decouple_wd",
+        fastoptim.Adam,
+        dict(lr=1e-2, weight_decay=0.1, decouple_wd=True),
+        {
+            "torch": torch_optim(torch.optim.AdamW, lr=1e-2, weight_decay=0.1, **ADAM_TORCH),
+            "optimi": optimi_optimizer("Adam", lr=1e-2, weight_decay=0.1, decouple_wd=True),
+        },
+    ),
+    Case(
+        "adamw",
+        fastoptim.AdamW,
+        dict(lr=1e-2),
+        {
+            "torch": torch_optim(torch.optim.AdamW, lr=1e-2, weight_decay=1e-2, **ADAM_TORCH),
+            "optimi": optimi_optimizer("AdamW", lr=1e-2),
+        },
+    ),
+    Case(
+        "adamw_decouple_lr",
+        fastoptim.AdamW,
+        dict(lr=1e-2, weight_decay=1e-3, decouple_lr=True, max_lr=2e-2),
+        {
+            # lr / max_lr * wd per step == torch's lr * (wd / max_lr)
+            "torch": torch_optim(torch.optim.AdamW, lr=1e-2, weight_decay=1e-3 / 2e-2, **ADAM_TORCH),
+            "optimi": optimi_optimizer("AdamW", lr=1e-2, weight_decay=1e-3, decouple_lr=True, max_lr=2e-2),
+        },
+    ),
+    Case(
+        "sgd",
+        fastoptim.SGD,
+        dict(lr=5e-2),
+        {
+            "torch": torch_optim(torch.optim.SGD, lr=5e-2),
+            "optimi": optimi_optimizer("SGD", lr=5e-2),
+        },
+    ),
+    Case(
+        "sgd_momentum_l2",
+        fastoptim.SGD,
+        dict(lr=2e-2, momentum=0.9, weight_decay=1e-2),
+        {
+            "torch": torch_optim(torch.optim.SGD, lr=2e-2, momentum=0.9, weight_decay=1e-2),
+            "optimi": optimi_optimizer("SGD", lr=2e-2, momentum=0.9, weight_decay=1e-2),
+        },
+    ),
+    Case(
+        "sgd_dampening",
+        fastoptim.SGD,
+        dict(lr=2e-2, momentum=0.8, dampening=0.3),
+        {"torch": torch_optim(torch.optim.SGD, lr=2e-2, momentum=0.8, dampening=0.3)},
+    ),
+    Case(
+        "sgd_nesterov",
+        fastoptim.SGD,
+        dict(lr=2e-2, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        {"torch": torch_optim(torch.optim.SGD, lr=2e-2, momentum=0.9, nesterov=True, weight_decay=1e-3)},
+    ),
+    Case(
+        "sgd_decouple_wd",
+        fastoptim.SGD,
+        dict(lr=2e-2, momentum=0.9, weight_decay=0.1, decouple_wd=True),
+        {"optimi": optimi_optimizer("SGD", lr=2e-2, momentum=0.9, weight_decay=0.1, decouple_wd=True)},
+    ),
+    Case(
+        "sgd_decouple_lr",
+        fastoptim.SGD,
+        dict(lr=2e-2, momentum=0.9, weight_decay=1e-3, decouple_lr=True, max_lr=4e-2),
+        {
+            "optimi": optimi_optimizer(
+                "SGD", lr=2e-2, momentum=0.9, weight_decay=1e-3, decouple_lr=True, max_lr=4e-2
+            )
+        },
+    ),
+    Case(
+        "lion",
+        fastoptim.Lion,
+        dict(lr=1e-3),
+        {"optimi": optimi_optimizer("Lion", lr=1e-3), "lion_pytorch": lion_pytorch_lion(lr=1e-3)},
+    ),
+    Case(
+        "lion_wd_betas",
+        fastoptim.Lion,
+        dict(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.5),
+        {
+            "optimi": optimi_optimizer("Lion", lr=1e-3, betas=(0.95, 0.98), weight_decay=0.5),
+            "lion_pytorch": lion_pytorch_lion(lr=1e-3, betas=(0.95, 0.98), weight_decay=0.5),
+        },
+    ),
+    Case(
+        "lion_decouple_lr",
+        fastoptim.Lion,
+        dict(lr=1e-3, weight_decay=1e-3, decouple_lr=True),
+        {
+            "optimi": optimi_optimizer("Lion", lr=1e-3, weight_decay=1e-3, decouple_lr=True),
+            "lion_pytorch": lion_pytorch_lion(lr=1e-3, weight_decay=1e-3, decoupled_weight_decay=True),
+        },
+    ),
+    Case("lion_l2", fastoptim.Lion, dict(lr=1e-3, weight_decay=0.1, decouple_wd=False)),
+]
+
+CASES_BY_NAME = {case.name: case for case in CASES}
+REFERENCE_RUNS = [(case, reference) for case in CASES for reference in sorted(case.references)]

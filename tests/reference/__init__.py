@@ -1,0 +1,30 @@
+"""Factories for the official and peer implementations the tests compare against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+
+def optimi_optimizer(name: str, **kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
+    """torch-optimi's ``name`` on its eager per-tensor path (optimi's default on CPU)."""
+
+    def build(params: Any) -> torch.optim.Optimizer:
+        import optimi
+
+        return getattr(optimi, name)(params, foreach=False, triton=False, **kwargs)
+
+    return build
+
+
+def lion_pytorch_lion(**kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
+    """lion-pytorch's Lion."""
+
+    def build(params: Any) -> torch.optim.Optimizer:
+        from lion_pytorch import Lion
+
+        return Lion(params, **kwargs)
+
+    return build

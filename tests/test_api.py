@@ -1,0 +1,170 @@
+"""The torch.optim API surface: groups, lr tensors, schedulers, closures, hooks, factories."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastoptim
+from tests.cases import CASES, Case
+from tests.problems import loss_fn, make_batches, make_model, params_of, train, twin
+
+
+def test_version_and_exports() -> None:
+    assert isinstance(fastoptim.__version__, str)
+    for name in ("Adam", "AdamW", "SGD", "Lion"):
+        assert issubclass(getattr(fastoptim, name), torch.optim.Optimizer)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_lr_as_tensor_equals_float(case: Case) -> None:
+    base = make_model()
+    batches = make_batches(5)
+    as_float, as_tensor = twin(base), twin(base)
+    lr = case.kwargs["lr"]
+    train(as_float, case.build(as_float.parameters()), batches)
+    float32_tensor = twin(base)
+    train(as_tensor, case.build(as_tensor.parameters(), lr=torch.tensor(lr, dtype=torch.float64)), batches)
+    train(float32_tensor, case.build(float32_tensor.parameters(), lr=torch.tensor(lr)), batches)
+    for a, b, c in zip(params_of(as_float), params_of(as_tensor), params_of(float32_tensor), strict=True):
+        assert torch.equal(a, b)
+        torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
+
+
+SCHEDULERS = {
+    "step": lambda opt: torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5),
+    "cosine": lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6),
+    "onecycle": lambda opt: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.02, total_steps=6),
+}
+
+
+@pytest.mark.parametrize("scheduler", list(SCHEDULERS))
+def test_schedulers_match_torch(scheduler: str) -> None:
+    """The same scheduler drives fastoptim.Adam and torch.optim.Adam identically
+    (OneCycleLR also cycles betas[0])."""
+    base = make_model()
+    batches = make_batches(6)
+    ours, theirs = twin(base), twin(base)
+    our_opt = fastoptim.Adam(ours.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    their_opt = torch.optim.Adam(theirs.parameters(), lr=1e-2, foreach=False)
+    our_sched, their_sched = SCHEDULERS[scheduler](our_opt), SCHEDULERS[scheduler](their_opt)
+    lrs = []
+    train(ours, our_opt, batches, our_sched, after_step=lambda _: lrs.append(our_opt.param_groups[0]["lr"]))
+    train(theirs, their_opt, batches, their_sched)
+    assert len(set(lrs)) > 1
+    for a, b in zip(params_of(ours), params_of(theirs), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_param_groups_with_own_hyperparameters() -> None:
+    base = make_model()
+    batches = make_batches(5)
+    ours, theirs = twin(base), twin(base)
+
+    def groups(model):
+        return [
+            {"params": list(model[0].parameters()), "lr": 3e-2, "weight_decay": 0.1},
+            {"params": list(model[1].parameters()) + list(model[3].parameters()), "betas": (0.8, 0.9)},
+        ]
+
+    train(ours, fastoptim.AdamW(groups(ours), lr=1e-2, betas=(0.9, 0.999), eps=1e-8), batches)
+    train(theirs, torch.optim.AdamW(groups(theirs), lr=1e-2, foreach=False), batches)
+    for a, b in zip(params_of(ours), params_of(theirs), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_closure_step_hooks_and_missing_grads() -> None:
+    model = make_model()
+    frozen = model[3].bias
+    optimizer = fastoptim.Adam(model.parameters(), lr=1e-2)
+    calls = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append("pre"))
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append("post"))
+    batch = make_batches(1)[0]
+
+    def closure():
+        optimizer.zero_grad()
+        loss = loss_fn(model, batch)
+        loss.backward()
+        frozen.grad = None
+        return loss
+
+    before = frozen.detach().clone()
+    loss = optimizer.step(closure)
+    assert isinstance(loss, torch.Tensor)
+    assert calls == ["pre", "post"]
+    assert torch.equal(frozen, before)
+    assert frozen not in optimizer.state
+
+
+def test_zero_grad() -> None:
+    model = make_model()
+    optimizer = fastoptim.SGD(model.parameters(), lr=0.1)
+    loss_fn(model, make_batches(1)[0]).backward()
+    optimizer.zero_grad(set_to_none=False)
+    assert all(torch.count_nonzero(p.grad) == 0 for p in model.parameters())
+    optimizer.zero_grad()
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_param_groups_weight_decay() -> None:
+    model = make_model()
+    no_decay, decay = fastoptim.param_groups_weight_decay(model, 0.05, skip=("3.weight",))
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert [names[id(p)] for p in decay["params"]] == ["0.weight"]
+    assert [names[id(p)] for p in no_decay["params"]] == [
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "3.weight",
+        "3.bias",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("adam", fastoptim.Adam),
+        ("AdamW", fastoptim.AdamW),
+        ("s-g-d", fastoptim.SGD),
+        ("LION", fastoptim.Lion),
+    ],
+)
+def test_create_optimizer_by_name(name: str, cls: type) -> None:
+    model = make_model()
+    optimizer = fastoptim.create_optimizer(name, model, lr=1e-3)
+    assert type(optimizer) is cls
+    assert optimizer.param_groups[0]["lr"] == 1e-3
+
+
+def test_create_optimizer_groups_and_errors() -> None:
+    model = make_model()
+    optimizer = fastoptim.create_optimizer(fastoptim.AdamW, model, lr=1e-3, weight_decay=0.1)
+    assert [g["weight_decay"] for g in optimizer.param_groups] == [0.0, 0.1]
+    flat = fastoptim.create_optimizer("adamw", model.parameters(), lr=1e-3, weight_decay=0.1)
+    assert len(flat.param_groups) == 1
+    with pytest.raises(ValueError, match="unknown optimizer 'adamx'"):
+        fastoptim.create_optimizer("adamx", model, lr=1e-3)
+    with pytest.raises(TypeError, match="name_or_class"):
+        fastoptim.create_optimizer(torch.optim.Adam, model, lr=1e-3)
+
+
+def test_foreach_alias() -> None:
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    assert fastoptim.Adam(params, lr=1e-3, foreach=True).backend == "foreach"
+    assert fastoptim.Adam(params, lr=1e-3, foreach=False).backend == "loop"
+    assert fastoptim.Adam(params, lr=1e-3).backend == "auto"
+
+
+def test_deepcopy_and_pickle_roundtrip() -> None:
+    import copy
+    import pickle
+
+    model = make_model()
+    optimizer = fastoptim.Lion(model.parameters(), lr=1e-3, backend="foreach")
+    train(model, optimizer, make_batches(2))
+    clone = copy.deepcopy(optimizer)
+    assert clone.backend == "foreach"
+    restored = pickle.loads(pickle.dumps(optimizer))
+    assert restored.backend == "foreach" and restored.optimizer_accumulation is False
