@@ -17,6 +17,7 @@ per-parameter step that gradient release runs inside backward.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -26,6 +27,7 @@ from torch import Tensor
 
 from fastoptim.precision import is_low_precision
 from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
+from fastoptim.runners.ops import Workspace
 from fastoptim.validation import check_bool, check_nonnegative, check_positive
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -88,6 +90,7 @@ class Optimizer(torch.optim.Optimizer):
         self.gradient_release = gradient_release
         self.optimizer_accumulation = False
         self._group_index: dict[int, int] | None = None
+        self._workspaces = threading.local()
         super().__init__(params, {**defaults, "kahan_sum": kahan_sum})
 
     # ------------------------------------------------------------------ algorithm interface
@@ -108,7 +111,8 @@ class Optimizer(torch.optim.Optimizer):
 
         ``step_into(t)`` adds the parameter update to ``t`` and returns it; the machinery calls it
         on the parameter, or on the Kahan buffer, after any decoupled decay, so it must not read
-        ``param``. ``s`` holds the algorithm's scalars plus ``lr``.
+        ``param``. ``param`` keeps its dtype (bf16 stays bf16), ``grad`` and ``state`` are float32
+        or float64. ``s`` holds the algorithm's scalars plus ``lr``.
         """
         raise NotImplementedError
 
@@ -248,6 +252,17 @@ class Optimizer(torch.optim.Optimizer):
             return 0.0, lr * weight_decay
         return weight_decay, 0.0
 
+    @property
+    def workspace(self) -> Workspace:
+        """Scratch tensors of the loop runner, one set per thread.
+
+        Autograd runs gradient-release hooks on one thread per device.
+        """
+        workspace = getattr(self._workspaces, "workspace", None)
+        if workspace is None:
+            workspace = self._workspaces.workspace = Workspace()
+        return workspace
+
     # ------------------------------------------------------------------ gradient release
 
     def _group_of(self, param: Tensor) -> dict[str, Any] | None:
@@ -284,3 +299,4 @@ class Optimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("gradient_release", False)
         self.__dict__.setdefault("optimizer_accumulation", False)
         self._group_index = None
+        self._workspaces = threading.local()

@@ -31,10 +31,10 @@ def is_low_precision(dtype: torch.dtype) -> bool:
 def store(
     ops: Any,
     param: Any,
-    param_fp32: Any,
     kahan_comp: Any | None,
     step_into: Callable[[Any], Any],
     decay_rate: float,
+    low_precision: bool,
 ) -> None:
     """Applies ``p ← (1 - decay_rate) · p + Δ`` where ``step_into(t)`` returns ``t + Δ``.
 
@@ -42,22 +42,22 @@ def store(
         ops: The runner's primitives (:class:`~fastoptim.runners.ops.TensorOps` or
             :class:`~fastoptim.runners.ops.ForeachOps`).
         param: The parameter (or list of parameters) to write.
-        param_fp32: ``param`` itself for float32/float64 parameters, else a float32 copy.
         kahan_comp: The compensation buffer(s), or None for a plain write.
         step_into: Adds the algorithm's update to its argument and returns the result; may work
             in place on its argument.
         decay_rate: Decoupled weight decay already scaled by the learning rate (0 for none).
+        low_precision: Whether ``param`` is bf16/fp16 (the update is then formed in float32).
     """
     if kahan_comp is not None:
+        # In float32: y = c + Δ - rate·p;  s = p + y;  p' = round(s);  c' = s - p'.
         comp = ops.to_fp32(kahan_comp)
         if decay_rate:
-            comp = ops.add_(comp, param_fp32, -decay_rate)
-        comp = step_into(comp)
-        ops.copy_(param, ops.add(param_fp32, comp))
-        comp = ops.sub_(comp, ops.sub(ops.to_fp32(param), param_fp32))
-        ops.copy_(kahan_comp, comp)
+            comp = ops.add_(comp, param, alpha=-decay_rate)
+        comp = ops.add_(step_into(comp), param)
+        ops.copy_(param, comp)
+        ops.copy_(kahan_comp, ops.sub_(comp, param))
         return
-    target = param_fp32
+    target = ops.to_fp32(param) if low_precision else param
     if decay_rate:
         target = ops.mul_(target, 1.0 - decay_rate)
     result = step_into(target)

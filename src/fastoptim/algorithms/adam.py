@@ -111,11 +111,11 @@ class Adam(Optimizer):
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
         exp_avg, exp_avg_sq = state
         exp_avg = ops.lerp_(exp_avg, grad, s.beta1_comp)
-        exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, s.beta2_comp)
+        exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, value=s.beta2_comp)
 
         def step_into(target: Any) -> Any:
             denom = ops.add_(ops.sqrt(exp_avg_sq), s.eps_hat)
-            return ops.addcdiv_(target, exp_avg, denom, s.neg_step_size)
+            return ops.addcdiv_(target, exp_avg, denom, value=s.neg_step_size)
 
         return step_into, (exp_avg, exp_avg_sq)
 

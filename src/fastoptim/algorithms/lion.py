@@ -88,4 +88,4 @@ class Lion(Optimizer):
         (exp_avg,) = state
         update = ops.sign_(ops.lerp(exp_avg, grad, s.beta1_comp))
         exp_avg = ops.lerp_(exp_avg, grad, s.beta2_comp)
-        return (lambda target: ops.add_(target, update, s.neg_lr)), (exp_avg,)
+        return (lambda target: ops.add_(target, update, alpha=s.neg_lr)), (exp_avg,)

@@ -100,8 +100,8 @@ class SGD(Optimizer):
 
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
         if not state:
-            return (lambda target: ops.add_(target, grad, s.neg_lr)), ()
+            return (lambda target: ops.add_(target, grad, alpha=s.neg_lr)), ()
         (buffer,) = state
-        buffer = ops.add_(ops.mul_(buffer, s.momentum), grad, s.grad_weight)
-        direction = ops.add(grad, buffer, s.nesterov_momentum) if s.nesterov_momentum else buffer
-        return (lambda target: ops.add_(target, direction, s.neg_lr)), (buffer,)
+        buffer = ops.add_(ops.mul_(buffer, s.momentum), grad, alpha=s.grad_weight)
+        direction = ops.add(grad, buffer, alpha=s.nesterov_momentum) if s.nesterov_momentum else buffer
+        return (lambda target: ops.add_(target, direction, alpha=s.neg_lr)), (buffer,)

@@ -1,6 +1,6 @@
 """The one place where an algorithm's rule meets the cross-cutting features.
 
-:func:`apply_rule` is shared by every eager runner: it upcasts low-precision values to float32,
+:func:`apply_rule` is shared by every eager runner: it upcasts low-precision gradients and states to float32,
 adds L2 weight decay to the gradient, calls the algorithm's rule, writes the new states back and
 hands the update to :func:`~fastoptim.precision.store` (plain or Kahan, with decoupled decay).
 The loop runner calls it per tensor with :class:`~fastoptim.runners.ops.TensorOps`, the foreach
@@ -27,6 +27,10 @@ def apply_rule(
 ) -> None:
     """Runs one update of ``optimizer``'s rule on a tensor or a list of tensors.
 
+    Low-precision gradients and states are copied to float32 for the rule; the parameter is
+    passed as it is (read-only), and torch's type promotion keeps mixed float32/bf16 arithmetic
+    in float32.
+
     Args:
         optimizer: The optimizer whose ``rule`` is applied.
         ops: Primitives matching the kind of ``param`` (tensor or list).
@@ -42,16 +46,13 @@ def apply_rule(
     if scalars.low_precision:
         grad = ops.to_fp32(grad)
         work = tuple(ops.to_fp32(s) for s in states)
-        param_fp32 = ops.to_fp32(param)
     else:
         work = states
-        param_fp32 = param
     if update_params and scalars.l2:
-        grad = ops.add(grad, param_fp32, scalars.l2)
-    step_into, new_states = optimizer.rule(ops, param_fp32, grad, work, scalars)
+        grad = ops.add(grad, param, alpha=scalars.l2)
+    step_into, new_states = optimizer.rule(ops, param, grad, work, scalars)
     for buffer, value in zip(states, new_states, strict=True):
         if value is not buffer:
             ops.copy_(buffer, value)
     if update_params:
-        decay = scalars.decay_rate
-        store(ops, param, param_fp32, kahan_comp, step_into, decay)
+        store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)

@@ -4,15 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 from fastoptim.runners.apply import apply_rule
 from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.ops import TensorOps
 
+#: Contiguous tensors larger than this are updated in blocks of this many elements, which bounds
+#: the workspace (a few blocks) whatever the size of the largest parameter.
+BLOCK_ELEMENTS = 1 << 20
+
+
+def _contiguous(tensors: tuple[Tensor | None, ...]) -> bool:
+    return all(t is None or t.is_contiguous() for t in tensors)
+
 
 def run_loop(optimizer: Any, bucket: Bucket, update_params: bool) -> None:
     """Applies the optimizer's rule to each tensor of ``bucket`` in turn."""
-    comps = bucket.kahan_comps
-    for i, param in enumerate(bucket.params):
-        states = tuple(column[i] for column in bucket.states)
-        comp = None if comps is None else comps[i]
-        apply_rule(optimizer, TensorOps, param, bucket.grads[i], states, comp, bucket.scalars, update_params)
+    workspace = optimizer.workspace
+    ops = TensorOps(workspace)
+    scalars = bucket.scalars
+    count = len(bucket.params)
+    rows = list(zip(*bucket.states, strict=True)) if bucket.states else [()] * count
+    comps = bucket.kahan_comps or [None] * count
+    for param, grad, states, comp in zip(bucket.params, bucket.grads, rows, comps, strict=True):
+        numel = param.numel()
+        if numel <= BLOCK_ELEMENTS or not _contiguous((param, grad, *states, comp)):
+            apply_rule(optimizer, ops, param, grad, states, comp, scalars, update_params)
+            workspace.reset()
+            continue
+        flat = [None if t is None else t.view(-1) for t in (param, grad, *states, comp)]
+        for start in range(0, numel, BLOCK_ELEMENTS):
+            p, g, *s, c = (None if t is None else t[start : start + BLOCK_ELEMENTS] for t in flat)
+            apply_rule(optimizer, ops, p, g, tuple(s), c, scalars, update_params)
+            workspace.reset()

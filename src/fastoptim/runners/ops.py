@@ -13,7 +13,8 @@ Triton) where values are immutable:
 * A trailing underscore means the runner *may* write the result into the first argument. Rules
   use in-place primitives only on values they own: state buffers and temporaries they created.
   Gradients and parameters are read-only inside a rule.
-* Scalars are Python floats.
+* Scalars are Python floats; ``alpha`` and ``value`` are keyword arguments, as in torch.
+* Out-of-place results are temporaries: valid until the runner moves on to the next tensor.
 """
 
 from __future__ import annotations
@@ -24,73 +25,85 @@ from torch import Tensor
 TensorList = list[Tensor]
 
 
+class Workspace:
+    """Reusable scratch tensors for the temporaries of one rule application.
+
+    Temporaries are handed out in slots, in the order a rule asks for them, and every slot is
+    reused for the next tensor after :meth:`reset`. Reusing them avoids one large allocation per
+    primitive and per tensor, which on CPU can page-fault on every step (glibc returns freed
+    blocks to the OS): measured at 6-10% of an fp32 Adam step on a 20M-parameter model.
+    """
+
+    def __init__(self) -> None:
+        self._slots: list[Tensor] = []
+        self._views: list[dict[torch.Size, Tensor]] = []
+        self._next = 0
+
+    def take(self, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+        """Returns an uninitialised contiguous tensor shaped like ``like``."""
+        dtype = like.dtype if dtype is None else dtype
+        index = self._next
+        self._next += 1
+        if index == len(self._slots):
+            self._slots.append(torch.empty(0, dtype=dtype, device=like.device))
+            self._views.append({})
+        slot = self._slots[index]
+        if slot.dtype != dtype or slot.device != like.device or slot.numel() < like.numel():
+            slot = self._slots[index] = torch.empty(like.numel(), dtype=dtype, device=like.device)
+            self._views[index] = {}
+        views = self._views[index]
+        view = views.get(like.shape)
+        if view is None:
+            view = views[like.shape] = slot[: like.numel()].view(like.shape)
+        return view
+
+    def reset(self) -> None:
+        """Makes every slot available again; earlier temporaries must no longer be used."""
+        self._next = 0
+
+
 class TensorOps:
-    """Primitives on single tensors, in place where the name says so."""
+    """Primitives on single tensors; new results are written into workspace temporaries.
 
-    @staticmethod
-    def add(x: Tensor, y: Tensor | float, alpha: float = 1.0) -> Tensor:
-        """Returns ``x + alpha * y`` in a new tensor."""
-        return torch.add(x, y, alpha=alpha)
+    In-place primitives are torch's own tensor methods, so calling them costs no Python frame
+    (the loop runner makes a few hundred such calls per step).
 
-    @staticmethod
-    def add_(x: Tensor, y: Tensor | float, alpha: float = 1.0) -> Tensor:
-        """``x += alpha * y``."""
-        return x.add_(y, alpha=alpha)
+    Args:
+        workspace: Where out-of-place results go. They stay valid until the runner resets it
+            before the next tensor.
+    """
 
-    @staticmethod
-    def sub(x: Tensor, y: Tensor) -> Tensor:
-        """Returns ``x - y`` in a new tensor."""
-        return torch.sub(x, y)
+    add_ = staticmethod(Tensor.add_)  #: ``x += alpha * y``
+    sub_ = staticmethod(Tensor.sub_)  #: ``x -= y``
+    mul_ = staticmethod(Tensor.mul_)  #: ``x *= scalar``
+    lerp_ = staticmethod(Tensor.lerp_)  #: ``x += weight * (y - x)``
+    addcmul_ = staticmethod(Tensor.addcmul_)  #: ``x += value * a * b``
+    addcdiv_ = staticmethod(Tensor.addcdiv_)  #: ``x += value * a / b``
+    sign_ = staticmethod(Tensor.sign_)  #: ``x = sign(x)``
+    copy_ = staticmethod(Tensor.copy_)  #: writes ``src`` into ``dst``, rounding to its dtype
 
-    @staticmethod
-    def sub_(x: Tensor, y: Tensor) -> Tensor:
-        """``x -= y``."""
-        return x.sub_(y)
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
 
-    @staticmethod
-    def mul_(x: Tensor, scalar: float) -> Tensor:
-        """``x *= scalar``."""
-        return x.mul_(scalar)
+    def add(self, x: Tensor, y: Tensor | float, *, alpha: float = 1.0) -> Tensor:
+        """Returns ``x + alpha * y``."""
+        return torch.add(x, y, alpha=alpha, out=self.workspace.take(x))
 
-    @staticmethod
-    def lerp(x: Tensor, y: Tensor, weight: float) -> Tensor:
-        """Returns ``x + weight * (y - x)`` in a new tensor."""
-        return torch.lerp(x, y, weight)
+    def sub(self, x: Tensor, y: Tensor) -> Tensor:
+        """Returns ``x - y``."""
+        return torch.sub(x, y, out=self.workspace.take(x))
 
-    @staticmethod
-    def lerp_(x: Tensor, y: Tensor, weight: float) -> Tensor:
-        """``x += weight * (y - x)``."""
-        return x.lerp_(y, weight)
+    def lerp(self, x: Tensor, y: Tensor, weight: float) -> Tensor:
+        """Returns ``x + weight * (y - x)``."""
+        return torch.lerp(x, y, weight, out=self.workspace.take(x))
 
-    @staticmethod
-    def addcmul_(x: Tensor, a: Tensor, b: Tensor, value: float) -> Tensor:
-        """``x += value * a * b``."""
-        return x.addcmul_(a, b, value=value)
+    def sqrt(self, x: Tensor) -> Tensor:
+        """Returns ``sqrt(x)``."""
+        return torch.sqrt(x, out=self.workspace.take(x))
 
-    @staticmethod
-    def addcdiv_(x: Tensor, a: Tensor, b: Tensor, value: float) -> Tensor:
-        """``x += value * a / b``."""
-        return x.addcdiv_(a, b, value=value)
-
-    @staticmethod
-    def sqrt(x: Tensor) -> Tensor:
-        """Returns ``sqrt(x)`` in a new tensor."""
-        return torch.sqrt(x)
-
-    @staticmethod
-    def sign_(x: Tensor) -> Tensor:
-        """``x = sign(x)``."""
-        return x.sign_()
-
-    @staticmethod
-    def copy_(dst: Tensor, src: Tensor) -> Tensor:
-        """Writes ``src`` into ``dst``, rounding to ``dst``'s dtype."""
-        return dst.copy_(src)
-
-    @staticmethod
-    def to_fp32(x: Tensor) -> Tensor:
+    def to_fp32(self, x: Tensor) -> Tensor:
         """Returns a float32 copy of a low-precision tensor."""
-        return x.to(torch.float32)
+        return self.workspace.take(x, torch.float32).copy_(x)
 
 
 def _is_scalar(y: object) -> bool:
@@ -101,13 +114,13 @@ class ForeachOps:
     """The same primitives on lists of same-device, same-dtype tensors (``torch._foreach_*``)."""
 
     @staticmethod
-    def add(x: TensorList, y: TensorList | float, alpha: float = 1.0) -> TensorList:
+    def add(x: TensorList, y: TensorList | float, *, alpha: float = 1.0) -> TensorList:
         if _is_scalar(y):
             return list(torch._foreach_add(x, y * alpha))
         return list(torch._foreach_add(x, y, alpha=alpha))
 
     @staticmethod
-    def add_(x: TensorList, y: TensorList | float, alpha: float = 1.0) -> TensorList:
+    def add_(x: TensorList, y: TensorList | float, *, alpha: float = 1.0) -> TensorList:
         if _is_scalar(y):
             torch._foreach_add_(x, y * alpha)
         else:
@@ -138,12 +151,12 @@ class ForeachOps:
         return x
 
     @staticmethod
-    def addcmul_(x: TensorList, a: TensorList, b: TensorList, value: float) -> TensorList:
+    def addcmul_(x: TensorList, a: TensorList, b: TensorList, *, value: float) -> TensorList:
         torch._foreach_addcmul_(x, a, b, value=value)
         return x
 
     @staticmethod
-    def addcdiv_(x: TensorList, a: TensorList, b: TensorList, value: float) -> TensorList:
+    def addcdiv_(x: TensorList, a: TensorList, b: TensorList, *, value: float) -> TensorList:
         torch._foreach_addcdiv_(x, a, b, value=value)
         return x
 
