@@ -36,6 +36,11 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 RuleResult = tuple[Callable[[Any], Any], tuple[Any, ...]]
 
 
+def hyperparameters(arguments: dict[str, Any]) -> dict[str, Any]:
+    """A constructor's arguments from its ``locals()``, without ``self`` and ``params``."""
+    return {k: v for k, v in arguments.items() if k not in ("self", "params", "__class__")}
+
+
 def _choose_backend(backend: Any, foreach: bool | None) -> str:
     if backend in PLANNED_BACKENDS:
         raise ValueError(f"backend={backend!r} is not available in this release; choose one of {BACKENDS}")
@@ -55,7 +60,6 @@ class Optimizer(torch.optim.Optimizer):
 
     Args:
         params: Tensors to optimise, or dicts defining parameter groups.
-        defaults: The algorithm's hyperparameters (group options).
         kahan_sum: Kahan-compensated parameter updates. None (default) turns it on for bfloat16
             and float16 parameters; it has no effect on float32/float64 parameters.
         backend: ``"auto"`` (default: per-tensor loop on CPU, foreach elsewhere), ``"loop"`` or
@@ -63,6 +67,9 @@ class Optimizer(torch.optim.Optimizer):
         foreach: Alias of ``backend``: True means ``"foreach"``, False ``"loop"``.
         gradient_release: Allow :func:`fastoptim.prepare_for_gradient_release` to run the step
             for each parameter inside backward, as soon as its gradient is ready.
+        **defaults: The algorithm's hyperparameters, the default options of every param group.
+            Subclasses pass ``**hyperparameters(locals())``, so that their signature is the
+            single list of arguments.
     """
 
     #: Per-parameter buffers, zero-initialised, in the order the rule receives them.
@@ -73,12 +80,12 @@ class Optimizer(torch.optim.Optimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        defaults: dict[str, Any],
         *,
         kahan_sum: bool | None = None,
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        **defaults: Any,
     ) -> None:
         if isinstance(params, (set, Tensor)):
             raise TypeError(

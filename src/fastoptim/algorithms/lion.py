@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fastoptim.optimizer import Optimizer, RuleResult
+from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.validation import check_betas
 
 
@@ -60,22 +60,7 @@ class Lion(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            weight_decay=weight_decay,
-            decouple_wd=decouple_wd,
-            decouple_lr=decouple_lr,
-            max_lr=max_lr,
-        )
-        super().__init__(
-            params,
-            defaults,
-            kahan_sum=kahan_sum,
-            backend=backend,
-            foreach=foreach,
-            gradient_release=gradient_release,
-        )
+        super().__init__(params, **hyperparameters(locals()))
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_betas(group["betas"], 2)

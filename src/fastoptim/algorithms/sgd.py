@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fastoptim.optimizer import Optimizer, RuleResult
+from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.validation import check_bool, check_unit_interval
 
 
@@ -59,24 +59,7 @@ class SGD(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
     ) -> None:
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            decouple_wd=decouple_wd,
-            decouple_lr=decouple_lr,
-            max_lr=max_lr,
-        )
-        super().__init__(
-            params,
-            defaults,
-            kahan_sum=kahan_sum,
-            backend=backend,
-            foreach=foreach,
-            gradient_release=gradient_release,
-        )
+        super().__init__(params, **hyperparameters(locals()))
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_unit_interval(group["momentum"], "momentum")
