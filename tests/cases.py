@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import fastoptim
-from tests.reference import lion_pytorch_lion, optimi_optimizer
+from tests.reference import lion_pytorch_lion, official_adopt, optimi_optimizer
 
 ReferenceFactory = Callable[[Any], torch.optim.Optimizer]
 
@@ -28,12 +28,15 @@ class Case:
         optimizer: The fastoptim class.
         kwargs: Its constructor arguments.
         references: Reference name -> factory building the reference optimizer on given params.
+        low_precision_reason: Why the case is left out of the bf16/fp16 trajectory comparisons,
+            or None when it takes part.
     """
 
     name: str
     optimizer: type[fastoptim.Optimizer]
     kwargs: dict[str, Any]
     references: dict[str, ReferenceFactory] = field(default_factory=dict)
+    low_precision_reason: str | None = None
 
     def build(self, params: Any, **extra: Any) -> fastoptim.Optimizer:
         return self.optimizer(params, **{**self.kwargs, **extra})
@@ -175,7 +178,25 @@ CASES: list[Case] = [
         },
     ),
     Case("lion_l2", fastoptim.Lion, dict(lr=1e-3, weight_decay=0.1, decouple_wd=False)),
+    Case("adopt", fastoptim.ADOPT, dict(lr=1e-2), {"official": official_adopt(lr=1e-2)}),
+    Case(
+        "adopt_l2_noclip",
+        fastoptim.ADOPT,
+        dict(lr=1e-2, weight_decay=0.1, clip_lambda=None, betas=(0.8, 0.99)),
+        {"official": official_adopt(lr=1e-2, weight_decay=0.1, clip_lambda=None, betas=(0.8, 0.99))},
+        low_precision_reason=(
+            "unclipped ADOPT divides by the root of a bf16/fp16 second moment without bound: the "
+            "trajectory departs from float32 by O(1) with or without Kahan (why the authors added the clip)"
+        ),
+    ),
+    Case(
+        "adopt_decouple",
+        fastoptim.ADOPT,
+        dict(lr=1e-2, weight_decay=0.1, decouple=True, eps=1e-8),
+        {"official": official_adopt(lr=1e-2, weight_decay=0.1, decouple=True, eps=1e-8)},
+    ),
 ]
 
 CASES_BY_NAME = {case.name: case for case in CASES}
+LOW_PRECISION_CASES = [case for case in CASES if case.low_precision_reason is None]
 REFERENCE_RUNS = [(case, reference) for case in CASES for reference in sorted(case.references)]

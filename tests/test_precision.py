@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import fastoptim
-from tests.cases import CASES, Case
+from tests.cases import LOW_PRECISION_CASES, Case
 from tests.problems import make_batches, make_model, max_abs_diff, params_of, train, twin
 
 LOW = [torch.bfloat16, torch.float16]
@@ -21,14 +21,14 @@ def _error_vs_fp32(case: Case, dtype: torch.dtype, kahan_sum: bool | None, steps
     return max_abs_diff(params_of(low), params_of(exact))
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=str)
 def test_bf16_kahan_tracks_fp32_much_closer_than_plain(case: Case) -> None:
     with_kahan = _error_vs_fp32(case, torch.bfloat16, kahan_sum=None)
     without = _error_vs_fp32(case, torch.bfloat16, kahan_sum=False)
     assert with_kahan * 5 < without, (with_kahan, without)
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("case", LOW_PRECISION_CASES, ids=str)
 def test_fp16_kahan_is_no_worse_than_plain(case: Case) -> None:
     """fp16 keeps 3 more mantissa bits than bf16, so the parameter write loses less; for Adam the
     error is then dominated by the fp16 states (g^2 underflows), which Kahan does not touch."""

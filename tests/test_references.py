@@ -30,7 +30,7 @@ OPTIMI_RUNS = [(case, ref) for case, ref in REFERENCE_RUNS if ref == "optimi"]
 def _has_decoupled_decay(case: Case) -> bool:
     optimizer = case.build([torch.nn.Parameter(torch.zeros(1))])
     group = optimizer.param_groups[0]
-    return optimizer._weight_decay(group, float(group["lr"]))[1] > 0
+    return optimizer.weight_decay_terms(group, float(group["lr"]))[1] > 0
 
 
 def _bf16_errors(case: Case, reference: str) -> tuple[float, float, float]:

@@ -1,6 +1,6 @@
 """fastoptim: modern PyTorch optimizers, exact to their official code, at memory-bandwidth speed."""
 
-from fastoptim.algorithms import SGD, Adam, AdamW, Lion
+from fastoptim.algorithms import ADOPT, SGD, Adam, AdamW, Lion
 from fastoptim.factory import create_optimizer, param_groups_weight_decay
 from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
 from fastoptim.optimizer import Optimizer
@@ -8,6 +8,7 @@ from fastoptim.optimizer import Optimizer
 __version__ = "0.1.0"
 
 __all__ = [
+    "ADOPT",
     "SGD",
     "Adam",
     "AdamW",

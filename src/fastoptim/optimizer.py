@@ -74,8 +74,8 @@ class Optimizer(torch.optim.Optimizer):
 
     #: Per-parameter buffers, zero-initialised, in the order the rule receives them.
     STATE_KEYS: ClassVar[tuple[str, ...]] = ()
-    #: True for algorithms with their own decay rule; the shared L2/decoupled decay then stays off.
-    OWN_WEIGHT_DECAY: ClassVar[bool] = False
+    #: Optimizer attributes (beyond groups and state) that pickling and deepcopy keep.
+    PICKLED_ATTRIBUTES: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -233,7 +233,7 @@ class Optimizer(torch.optim.Optimizer):
         self, group: dict[str, Any], step: int, lr: float, p: Tensor, n_states: int, kahan_allowed: bool
     ) -> Bucket:
         low_precision = is_low_precision(p.dtype)
-        l2, decay_rate = self._weight_decay(group, lr)
+        l2, decay_rate = self.weight_decay_terms(group, lr)
         scalars = SimpleNamespace(lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision)
         scalars.__dict__.update(self.scalars(group, step, lr))
         return Bucket(
@@ -244,14 +244,16 @@ class Optimizer(torch.optim.Optimizer):
             kahan_comps=[] if low_precision and kahan_allowed else None,
         )
 
-    def _weight_decay(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
-        """Returns the L2 coefficient and the decoupled decay rate for ``group``.
+    def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
+        """Returns the L2 coefficient and the decoupled decay rate the machinery applies.
 
-        The L2 coefficient is added to the gradient; the decoupled rate is ``lr * wd``, or
-        ``lr / max_lr * wd`` with ``decouple_lr``. Exactly one of them is nonzero, or neither.
+        The L2 coefficient is added to the gradient before the rule; the decoupled rate is
+        ``lr * wd`` (``decouple_wd``), or ``lr / max_lr * wd`` (``decouple_lr``), applied with the
+        parameter write. Exactly one of them is nonzero, or neither. Algorithms with a decay rule
+        of their own override this and return zeros for the part they handle in their rule.
         """
         weight_decay = group.get("weight_decay", 0.0)
-        if self.OWN_WEIGHT_DECAY or not weight_decay:
+        if not weight_decay:
             return 0.0, 0.0
         if group.get("decouple_lr"):
             return 0.0, lr / float(group["max_lr"]) * weight_decay
@@ -293,12 +295,8 @@ class Optimizer(torch.optim.Optimizer):
         param.grad = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {
-            **super().__getstate__(),
-            "backend": self.backend,
-            "gradient_release": self.gradient_release,
-            "optimizer_accumulation": self.optimizer_accumulation,
-        }
+        kept = ("backend", "gradient_release", "optimizer_accumulation", *self.PICKLED_ATTRIBUTES)
+        return {**super().__getstate__(), **{name: getattr(self, name) for name in kept}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

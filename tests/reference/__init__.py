@@ -28,3 +28,14 @@ def lion_pytorch_lion(**kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
         return Lion(params, **kwargs)
 
     return build
+
+
+def official_adopt(**kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
+    """torch-adopt 0.1.0, the official ADOPT, on its single-tensor path."""
+
+    def build(params: Any) -> torch.optim.Optimizer:
+        from adopt import ADOPT
+
+        return ADOPT(params, foreach=False, **kwargs)
+
+    return build

@@ -80,6 +80,8 @@ class TensorOps:
     addcmul_ = staticmethod(Tensor.addcmul_)  #: ``x += value * a * b``
     addcdiv_ = staticmethod(Tensor.addcdiv_)  #: ``x += value * a / b``
     sign_ = staticmethod(Tensor.sign_)  #: ``x = sign(x)``
+    div_ = staticmethod(Tensor.div_)  #: ``x /= y`` (tensor or scalar)
+    clamp_ = staticmethod(Tensor.clamp_)  #: ``x = min(max(x, min), max)``
     copy_ = staticmethod(Tensor.copy_)  #: writes ``src`` into ``dst``, rounding to its dtype
 
     def __init__(self, workspace: Workspace) -> None:
@@ -100,6 +102,10 @@ class TensorOps:
     def sqrt(self, x: Tensor) -> Tensor:
         """Returns ``sqrt(x)``."""
         return torch.sqrt(x, out=self.workspace.take(x))
+
+    def div(self, x: Tensor, y: Tensor) -> Tensor:
+        """Returns ``x / y``."""
+        return torch.div(x, y, out=self.workspace.take(x))
 
     def to_fp32(self, x: Tensor) -> Tensor:
         """Returns a float32 copy of a low-precision tensor."""
@@ -167,6 +173,23 @@ class ForeachOps:
     @staticmethod
     def sign_(x: TensorList) -> TensorList:
         torch._foreach_sign_(x)
+        return x
+
+    @staticmethod
+    def div(x: TensorList, y: TensorList) -> TensorList:
+        return list(torch._foreach_div(x, y))
+
+    @staticmethod
+    def div_(x: TensorList, y: TensorList | float) -> TensorList:
+        torch._foreach_div_(x, y)
+        return x
+
+    @staticmethod
+    def clamp_(x: TensorList, min: float | None = None, max: float | None = None) -> TensorList:
+        if min is not None:
+            torch._foreach_clamp_min_(x, min)
+        if max is not None:
+            torch._foreach_clamp_max_(x, max)
         return x
 
     @staticmethod
