@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import fastoptim
-from tests.reference import lion_pytorch_lion, official_adopt, optimi_optimizer
+from tests.reference import lion_pytorch_lion, official_adopt, optimi_optimizer, pytorch_optimizer_adan
 
 ReferenceFactory = Callable[[Any], torch.optim.Optimizer]
 
@@ -30,6 +30,7 @@ class Case:
         references: Reference name -> factory building the reference optimizer on given params.
         low_precision_reason: Why the case is left out of the bf16/fp16 trajectory comparisons,
             or None when it takes part.
+        gradient_release: False where the configuration must refuse gradient release.
     """
 
     name: str
@@ -37,6 +38,7 @@ class Case:
     kwargs: dict[str, Any]
     references: dict[str, ReferenceFactory] = field(default_factory=dict)
     low_precision_reason: str | None = None
+    gradient_release: bool = True
 
     def build(self, params: Any, **extra: Any) -> fastoptim.Optimizer:
         return self.optimizer(params, **{**self.kwargs, **extra})
@@ -188,6 +190,24 @@ CASES: list[Case] = [
             "unclipped ADOPT divides by the root of a bf16/fp16 second moment without bound: the "
             "trajectory departs from float32 by O(1) with or without Kahan (why the authors added the clip)"
         ),
+    ),
+    Case("adan", fastoptim.Adan, dict(lr=1e-2), {"pytorch_optimizer": pytorch_optimizer_adan(lr=1e-2)}),
+    Case(
+        "adan_prox_clip",
+        fastoptim.Adan,
+        dict(lr=1e-2, weight_decay=0.02, max_grad_norm=0.5),
+        {"pytorch_optimizer": pytorch_optimizer_adan(lr=1e-2, weight_decay=0.02, max_grad_norm=0.5)},
+        gradient_release=False,
+    ),
+    Case(
+        "adan_no_prox",
+        fastoptim.Adan,
+        dict(lr=1e-2, weight_decay=0.02, no_prox=True, betas=(0.9, 0.9, 0.999), eps=1e-6),
+        {
+            "pytorch_optimizer": pytorch_optimizer_adan(
+                lr=1e-2, weight_decay=0.02, weight_decouple=True, betas=(0.9, 0.9, 0.999), eps=1e-6
+            )
+        },
     ),
     Case(
         "adopt_decouple",

@@ -25,6 +25,10 @@ def _train_released(model, optimizer, batches, scheduler=None) -> None:
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_gradient_release_equals_step(case: Case, dtype: torch.dtype) -> None:
     base = make_model(dtype)
+    if not case.gradient_release:
+        with pytest.raises(ValueError, match="gradient_release"):
+            case.build(base.parameters(), gradient_release=True)
+        return
     batches = make_batches(STEPS, dtype)
     plain, released = twin(base), twin(base)
     train(plain, case.build(plain.parameters(), backend="loop"), batches)

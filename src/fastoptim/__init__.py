@@ -1,6 +1,6 @@
 """fastoptim: modern PyTorch optimizers, exact to their official code, at memory-bandwidth speed."""
 
-from fastoptim.algorithms import ADOPT, SGD, Adam, AdamW, Lion
+from fastoptim.algorithms import ADOPT, SGD, Adam, AdamW, Adan, Lion
 from fastoptim.factory import create_optimizer, param_groups_weight_decay
 from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
 from fastoptim.optimizer import Optimizer
@@ -12,6 +12,7 @@ __all__ = [
     "SGD",
     "Adam",
     "AdamW",
+    "Adan",
     "Lion",
     "Optimizer",
     "__version__",

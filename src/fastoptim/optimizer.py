@@ -113,6 +113,18 @@ class Optimizer(torch.optim.Optimizer):
         """Returns the algorithm's scalars for a parameter at ``step`` (1 at the first update)."""
         return {}
 
+    def global_scalars(self) -> dict[str, Any]:
+        """Scalars computed once per ``step()`` over every group, before any update.
+
+        For statistics over all gradients (Adan's global clipping). Called once per parameter
+        instead under gradient release, where algorithms that need a global statistic refuse to
+        run (they check at construction).
+        """
+        return {}
+
+    def begin_group(self, group: dict[str, Any]) -> None:
+        """Called once per group at every ``step()``, even when no parameter has a gradient."""
+
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
         """The update: returns ``(step_into, new_state)``; see :mod:`fastoptim.runners.ops`.
 
@@ -191,14 +203,21 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         update_params = not self.optimizer_accumulation
+        shared = self.global_scalars()
         for group in self.param_groups:
+            self.begin_group(group)
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                self._step_params(group, params, self.backend, update_params)
+                self._step_params(group, params, self.backend, update_params, shared)
         return loss
 
     def _step_params(
-        self, group: dict[str, Any], params: list[Tensor], backend: str, update_params: bool
+        self,
+        group: dict[str, Any],
+        params: list[Tensor],
+        backend: str,
+        update_params: bool,
+        shared: dict[str, Any],
     ) -> None:
         name = type(self).__name__
         for p in params:
@@ -216,7 +235,7 @@ class Optimizer(torch.optim.Optimizer):
             step = state["step"] = state.get("step", 0) + 1
             bucket = buckets.get((step, p.device, p.dtype))
             if bucket is None:
-                bucket = self._new_bucket(group, step, lr, p, len(keys), kahan_allowed)
+                bucket = self._new_bucket(group, step, lr, p, len(keys), kahan_allowed, shared)
                 buckets[(step, p.device, p.dtype)] = bucket
             bucket.params.append(p)
             bucket.grads.append(p.grad)
@@ -230,11 +249,19 @@ class Optimizer(torch.optim.Optimizer):
             get_runner(backend, bucket.device)(self, bucket, update_params)
 
     def _new_bucket(
-        self, group: dict[str, Any], step: int, lr: float, p: Tensor, n_states: int, kahan_allowed: bool
+        self,
+        group: dict[str, Any],
+        step: int,
+        lr: float,
+        p: Tensor,
+        n_states: int,
+        kahan_allowed: bool,
+        shared: dict[str, Any],
     ) -> Bucket:
         low_precision = is_low_precision(p.dtype)
         l2, decay_rate = self.weight_decay_terms(group, lr)
         scalars = SimpleNamespace(lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision)
+        scalars.__dict__.update(shared)
         scalars.__dict__.update(self.scalars(group, step, lr))
         return Bucket(
             device=p.device,
@@ -291,7 +318,8 @@ class Optimizer(torch.optim.Optimizer):
         if group is None or param.grad is None:
             return
         with torch.no_grad():
-            self._step_params(group, [param], "loop", not self.optimizer_accumulation)
+            shared = self.global_scalars()
+            self._step_params(group, [param], "loop", not self.optimizer_accumulation, shared)
         param.grad = None
 
     def __getstate__(self) -> dict[str, Any]:

