@@ -50,3 +50,14 @@ def pytorch_optimizer_adan(**kwargs: Any) -> Callable[[Any], torch.optim.Optimiz
         return Adan(params, foreach=False, **kwargs)
 
     return build
+
+
+def official_adamp(name: str, **kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
+    """adamp 0.3.0's ``AdamP`` or ``SGDP`` (the official code)."""
+
+    def build(params: Any) -> torch.optim.Optimizer:
+        import adamp
+
+        return getattr(adamp, name)(params, **kwargs)
+
+    return build

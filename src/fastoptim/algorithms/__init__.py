@@ -1,9 +1,10 @@
 """The optimizers, one module each; every one is a :class:`fastoptim.optimizer.Optimizer`."""
 
 from fastoptim.algorithms.adam import Adam, AdamW
+from fastoptim.algorithms.adamp import SGDP, AdamP
 from fastoptim.algorithms.adan import Adan
 from fastoptim.algorithms.adopt import ADOPT
 from fastoptim.algorithms.lion import Lion
 from fastoptim.algorithms.sgd import SGD
 
-__all__ = ["ADOPT", "SGD", "Adam", "AdamW", "Adan", "Lion"]
+__all__ = ["ADOPT", "SGD", "SGDP", "Adam", "AdamP", "AdamW", "Adan", "Lion"]

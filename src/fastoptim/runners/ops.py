@@ -19,8 +19,12 @@ Triton) where values are immutable:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
+
+from fastoptim.projection import project, project_each
 
 TensorList = list[Tensor]
 
@@ -84,8 +88,15 @@ class TensorOps:
     clamp_ = staticmethod(Tensor.clamp_)  #: ``x = min(max(x, min), max)``
     copy_ = staticmethod(Tensor.copy_)  #: writes ``src`` into ``dst``, rounding to its dtype
 
+    project = staticmethod(project)  #: AdamP's projection; returns (update, wd multiplier)
+
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
+
+    @staticmethod
+    def each(value: float, function: Callable[[float], float]) -> float:
+        """Applies a scalar function to a per-tensor scalar (a float here, a list in foreach)."""
+        return function(value)
 
     def add(self, x: Tensor, y: Tensor | float, *, alpha: float = 1.0) -> Tensor:
         """Returns ``x + alpha * y``."""
@@ -121,7 +132,16 @@ def _is_scalar(y: object) -> bool:
 
 
 class ForeachOps:
-    """The same primitives on lists of same-device, same-dtype tensors (``torch._foreach_*``)."""
+    """The same primitives on lists of same-device, same-dtype tensors (``torch._foreach_*``).
+
+    Scalars may be lists with one value per tensor where torch accepts them (``mul``, ``mul_``).
+    """
+
+    project = staticmethod(project_each)
+
+    @staticmethod
+    def each(values: list[float], function: Callable[[float], float]) -> list[float]:
+        return [function(value) for value in values]
 
     @staticmethod
     def add(x: TensorList, y: TensorList | float, *, alpha: float = 1.0) -> TensorList:
@@ -147,7 +167,7 @@ class ForeachOps:
         return x
 
     @staticmethod
-    def mul_(x: TensorList, scalar: float) -> TensorList:
+    def mul_(x: TensorList, scalar: float | list[float]) -> TensorList:
         torch._foreach_mul_(x, scalar)
         return x
 
@@ -180,7 +200,7 @@ class ForeachOps:
         return x
 
     @staticmethod
-    def mul(x: TensorList, scalar: float) -> TensorList:
+    def mul(x: TensorList, scalar: float | list[float]) -> TensorList:
         return list(torch._foreach_mul(x, scalar))
 
     @staticmethod
