@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import platform
 import random
 import statistics
@@ -28,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-import fastoptim
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -41,77 +40,136 @@ class Config:
     algorithm: str
     name: str
     build: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
-    #: Bytes per parameter the step must move at minimum, by dtype size (Kahan adds a buffer).
-    state_buffers: int
+    #: Elements per parameter the step must read or write at minimum (Kahan adds 2).
+    elements: int
 
 
-def _optimi(name: str, **kwargs):
+def _peer(module: str, name: str, **kwargs):
+    """A peer implementation ``module.name(params, **kwargs)``, imported when built."""
+
     def build(params):
-        import optimi
-
-        return getattr(optimi, name)(params, triton=False, **kwargs)
+        return getattr(importlib.import_module(module), name)(params, **kwargs)
 
     return build
 
 
-def _lion_pytorch(**kwargs):
-    def build(params):
-        from lion_pytorch import Lion
+ADAM = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-6)
+SGD = dict(lr=1e-2, momentum=0.9)
 
-        return Lion(params, **kwargs)
-
-    return build
+#: algorithm -> (fastoptim class, its kwargs, minimum bytes per element / dtype size, peers).
+#: Peers: name -> (module, class, kwargs); "official" marks the authors' package.
+ALGORITHMS = {
+    "adam": (
+        "Adam",
+        ADAM,
+        7,
+        {
+            "torch foreach": ("torch.optim", "Adam", {**ADAM, "foreach": True}),
+            "torch fused": ("torch.optim", "Adam", {**ADAM, "fused": True}),
+            "torch loop": ("torch.optim", "Adam", {**ADAM, "foreach": False}),
+            "optimi loop": ("optimi", "Adam", {**ADAM, "foreach": False, "triton": False}),
+            "optimi foreach": ("optimi", "Adam", {**ADAM, "foreach": True, "triton": False}),
+        },
+    ),
+    "adamw": (
+        "AdamW",
+        {**ADAM, "weight_decay": 1e-2},
+        7,
+        {
+            "torch foreach": ("torch.optim", "AdamW", {**ADAM, "weight_decay": 1e-2, "foreach": True}),
+            "torch fused": ("torch.optim", "AdamW", {**ADAM, "weight_decay": 1e-2, "fused": True}),
+            "torch loop": ("torch.optim", "AdamW", {**ADAM, "weight_decay": 1e-2, "foreach": False}),
+            "optimi loop": ("optimi", "AdamW", {**ADAM, "foreach": False, "triton": False}),
+            "optimi foreach": ("optimi", "AdamW", {**ADAM, "foreach": True, "triton": False}),
+        },
+    ),
+    "sgd": (
+        "SGD",
+        SGD,
+        5,
+        {
+            "torch foreach": ("torch.optim", "SGD", {**SGD, "foreach": True}),
+            "torch fused": ("torch.optim", "SGD", {**SGD, "fused": True}),
+            "torch loop": ("torch.optim", "SGD", {**SGD, "foreach": False}),
+            "optimi loop": ("optimi", "SGD", {**SGD, "foreach": False, "triton": False}),
+            "optimi foreach": ("optimi", "SGD", {**SGD, "foreach": True, "triton": False}),
+        },
+    ),
+    "lion": (
+        "Lion",
+        dict(lr=1e-4, weight_decay=1e-2),
+        5,
+        {
+            "optimi loop": ("optimi", "Lion", dict(lr=1e-4, weight_decay=1e-2, foreach=False, triton=False)),
+            "optimi foreach": (
+                "optimi",
+                "Lion",
+                dict(lr=1e-4, weight_decay=1e-2, foreach=True, triton=False),
+            ),
+            "lion-pytorch": ("lion_pytorch", "Lion", dict(lr=1e-4, weight_decay=1e-2)),
+        },
+    ),
+    "adopt": (
+        "ADOPT",
+        dict(lr=1e-3),
+        7,
+        {
+            "official loop": ("adopt", "ADOPT", dict(lr=1e-3, foreach=False)),
+            "official foreach": ("adopt", "ADOPT", dict(lr=1e-3, foreach=True)),
+            "pytorch-optimizer": ("pytorch_optimizer", "ADOPT", dict(lr=1e-3)),
+        },
+    ),
+    "adan": (
+        "Adan",
+        dict(lr=1e-3, weight_decay=0.02),
+        11,
+        {
+            "pytorch-optimizer loop": (
+                "pytorch_optimizer",
+                "Adan",
+                dict(lr=1e-3, weight_decay=0.02, foreach=False),
+            ),
+            "pytorch-optimizer foreach": (
+                "pytorch_optimizer",
+                "Adan",
+                dict(lr=1e-3, weight_decay=0.02, foreach=True),
+            ),
+        },
+    ),
+    "adamp": (
+        "AdamP",
+        dict(lr=1e-3, weight_decay=1e-2),
+        7,
+        {
+            "official": ("adamp", "AdamP", dict(lr=1e-3, weight_decay=1e-2)),
+            "pytorch-optimizer": ("pytorch_optimizer", "AdamP", dict(lr=1e-3, weight_decay=1e-2)),
+        },
+    ),
+    "sgdp": (
+        "SGDP",
+        dict(lr=1e-2, momentum=0.9, weight_decay=1e-4),
+        5,
+        {
+            "official": ("adamp", "SGDP", dict(lr=1e-2, momentum=0.9, weight_decay=1e-4)),
+            "pytorch-optimizer": (
+                "pytorch_optimizer",
+                "SGDP",
+                dict(lr=1e-2, momentum=0.9, weight_decay=1e-4),
+            ),
+        },
+    ),
+}
 
 
 def configs() -> list[Config]:
     """fastoptim's backends and the peers, per algorithm, with matching hyperparameters."""
-    adam = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-6)
     out = []
-    for algorithm, ours, torch_cls, torch_kwargs, optimi_name, extra, buffers in [
-        ("adam", fastoptim.Adam, torch.optim.Adam, adam, "Adam", {}, 2),
-        ("adamw", fastoptim.AdamW, torch.optim.AdamW, {**adam, "weight_decay": 1e-2}, "AdamW", {}, 2),
-        ("sgd", fastoptim.SGD, torch.optim.SGD, dict(lr=1e-2, momentum=0.9), "SGD", {}, 1),
-        ("lion", fastoptim.Lion, None, None, "Lion", dict(weight_decay=1e-2), 1),
-    ]:
-        kwargs = {**(torch_kwargs or dict(lr=1e-4)), **extra}
+    for algorithm, (class_name, kwargs, elements, peers) in ALGORITHMS.items():
         for backend in ("loop", "foreach"):
-            out.append(
-                Config(
-                    algorithm,
-                    f"fastoptim {backend}",
-                    lambda p, c=ours, k=kwargs, b=backend: c(p, backend=b, **k),
-                    buffers,
-                )
-            )
-        if torch_cls is not None:
-            for flag in ("foreach", "fused"):
-                out.append(
-                    Config(
-                        algorithm,
-                        f"torch {flag}",
-                        lambda p, c=torch_cls, k=kwargs, f=flag: c(p, **{f: True}, **k),
-                        buffers,
-                    )
-                )
-            out.append(
-                Config(
-                    algorithm,
-                    "torch loop",
-                    lambda p, c=torch_cls, k=kwargs: c(p, foreach=False, **k),
-                    buffers,
-                )
-            )
-        for foreach in (False, True):
-            out.append(
-                Config(
-                    algorithm,
-                    f"optimi {'foreach' if foreach else 'loop'}",
-                    _optimi(optimi_name, foreach=foreach, **kwargs),
-                    buffers,
-                )
-            )
-        if algorithm == "lion":
-            out.append(Config(algorithm, "lion-pytorch", _lion_pytorch(**kwargs), buffers))
+            build = _peer("fastoptim", class_name, **kwargs, backend=backend)
+            out.append(Config(algorithm, f"fastoptim {backend}", build, elements))
+        for name, (module, peer_class, peer_kwargs) in peers.items():
+            out.append(Config(algorithm, name, _peer(module, peer_class, **peer_kwargs), elements))
     return out
 
 
@@ -215,7 +273,7 @@ def run(args: argparse.Namespace) -> None:
             best_peer = min(peers) if peers else float("nan")
             for config, seconds in rows:
                 kahan = 1 if dtype != torch.float32 and config.name.startswith(("fastoptim", "optimi")) else 0
-                per_param = size * (3 + 2 * (config.state_buffers + kahan))
+                per_param = size * (config.elements + 2 * kahan)
                 roofline = per_param * n_params / bandwidth
                 print(
                     f"| {algorithm} | {config.name} | {per_param} | {seconds * 1e3:.2f} | "
@@ -234,8 +292,8 @@ def main() -> None:
     parser.add_argument(
         "--algorithms",
         nargs="+",
-        default=["adam", "adamw", "sgd", "lion"],
-        choices=["adam", "adamw", "sgd", "lion"],
+        default=list(ALGORITHMS),
+        choices=list(ALGORITHMS),
     )
     run(parser.parse_args())
 
