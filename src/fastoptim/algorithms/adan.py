@@ -39,9 +39,15 @@ class Adan(Optimizer):
     clipping (``max_grad_norm`` 0.1-1.0) if training turns unstable. ``restart_opt()`` resets the
     moments and the step count (the paper's restart strategy).
 
-    Differences from the official code: ``p.grad`` is left untouched (the official code clips it
-    in place); every backend follows the Python maths (the official fused single-tensor CUDA kernel
-    computes a different denominator and skips tail elements); ``foreach`` defaults to None
+    Differences from the official code: the same maths with fewer passes over memory (lerp for
+    :math:`m` and :math:`d`, :math:`\sqrt{1 - \beta_3^k}` folded into :math:`\epsilon` and the step
+    sizes, :math:`g + \beta_2\Delta` and :math:`-g` in one pass each, no division by
+    :math:`1 + \gamma\lambda` when :math:`\lambda = 0`, one ``addcdiv`` for both momentum terms):
+    12 passes instead of 17, trajectories
+    equal to float32 rounding (about 1e-7 after five steps on the golden runs); ``p.grad`` is
+    left untouched (the official code clips it in place); every backend follows the Python maths
+    (the official fused single-tensor CUDA kernel computes a different denominator and skips tail
+    elements); ``foreach`` defaults to None
     (``backend="auto"``) rather than True, with the same trajectory; under gradient release the
     bias corrections count each parameter's own steps, which equals the group count when every
     parameter gets a gradient at every step. As officially, the clipping norm covers every group,
@@ -134,51 +140,54 @@ class Adan(Optimizer):
     def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
         beta1, beta2, beta3 = group["betas"]
         k = step if self.gradient_release else group["step"]
-        decay = lr * group["weight_decay"]
+        # sqrt(n / b3) + eps == (sqrt(n) + eps * sqrt(b3)) / sqrt(b3): fold sqrt(b3) into the
+        # step sizes and save a pass over n.
+        bias_correction3_sqrt = math.sqrt(1.0 - beta3**k)
         return {
             "first": step == 1 or k == 1,
-            "beta1": beta1,
             "beta1_comp": 1.0 - beta1,
             "beta2": beta2,
             "beta2_comp": 1.0 - beta2,
             "beta3": beta3,
             "beta3_comp": 1.0 - beta3,
-            "bias_correction3_sqrt": math.sqrt(1.0 - beta3**k),
-            "eps": group["eps"],
-            "neg_step_size": -lr / (1.0 - beta1**k),
-            "neg_step_size_diff": -lr * beta2 / (1.0 - beta2**k),
+            "eps_hat": group["eps"] * bias_correction3_sqrt,
+            "neg_step_size": -lr / (1.0 - beta1**k) * bias_correction3_sqrt,
+            "diff_ratio": beta2 * (1.0 - beta1**k) / (1.0 - beta2**k),
             "no_prox": group["no_prox"],
-            "decay": decay,
+            "decay": lr * group["weight_decay"],
         }
 
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
         exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad = state
         if s.first:  # no previous gradient: the difference starts at 0
-            neg_pre_grad = ops.mul_(ops.copy_(neg_pre_grad, grad), -s.clip)
+            neg_pre_grad = ops.scale_into(neg_pre_grad, grad, -s.clip)
         if s.clip != 1.0:
             grad = ops.mul(grad, s.clip)
+        # neg_pre_grad holds -g_{k-1}; it becomes the difference, then g + beta2 * difference
+        # (in place: no temporaries), and finally -g_k for the next step.
         diff = ops.add_(neg_pre_grad, grad)  # g_k - g_{k-1}
-        exp_avg = ops.add_(ops.mul_(exp_avg, s.beta1), grad, alpha=s.beta1_comp)
-        exp_avg_diff = ops.add_(ops.mul_(exp_avg_diff, s.beta2), diff, alpha=s.beta2_comp)
-        update = ops.add_(ops.mul_(diff, s.beta2), grad)  # g_k + beta2 * diff
+        exp_avg = ops.lerp_(exp_avg, grad, s.beta1_comp)
+        exp_avg_diff = ops.lerp_(exp_avg_diff, diff, s.beta2_comp)
+        update = ops.add_scaled_into(diff, grad, diff, s.beta2)  # g_k + beta2 * diff
         exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta3), update, update, value=s.beta3_comp)
-        neg_pre_grad = ops.mul_(ops.copy_(update, grad), -1.0)
+        neg_pre_grad = ops.scale_into(update, grad, -1.0)
 
         def step_into(target: Any) -> Any:
-            denom = ops.add_(ops.div_(ops.sqrt(exp_avg_sq), s.bias_correction3_sqrt), s.eps)
-            if target is param and not s.no_prox:  # the official op sequence
-                target = ops.addcdiv_(target, exp_avg, denom, value=s.neg_step_size)
-                target = ops.addcdiv_(target, exp_avg_diff, denom, value=s.neg_step_size_diff)
-                return ops.div_(target, 1.0 + s.decay)
-            if target is param:
-                target = ops.mul_(target, 1.0 - s.decay)
-            elif s.no_prox:
-                target = ops.add_(target, param, alpha=-s.decay)
-            else:  # proximal step as an increment: ((p + u) / (1 + decay)) - p
-                moved = ops.addcdiv_(ops.to_fp32(param), exp_avg, denom, value=s.neg_step_size)
-                moved = ops.addcdiv_(moved, exp_avg_diff, denom, value=s.neg_step_size_diff)
+            denom = ops.add_(ops.sqrt(exp_avg_sq), s.eps_hat)
+            # m / b1 + beta2 d / b2 in one tensor, then one addcdiv
+            direction = ops.add(exp_avg, exp_avg_diff, alpha=s.diff_ratio)
+            if target is not param and s.decay and not s.no_prox:
+                # proximal step as an increment: (p + u) / (1 + decay) - p
+                moved = ops.addcdiv_(ops.to_fp32(param), direction, denom, value=s.neg_step_size)
                 return ops.add_(target, ops.sub_(ops.div_(moved, 1.0 + s.decay), param))
-            target = ops.addcdiv_(target, exp_avg, denom, value=s.neg_step_size)
-            return ops.addcdiv_(target, exp_avg_diff, denom, value=s.neg_step_size_diff)
+            if s.decay and s.no_prox:
+                if target is param:
+                    target = ops.mul_(target, 1.0 - s.decay)
+                else:
+                    target = ops.add_(target, param, alpha=-s.decay)
+            target = ops.addcdiv_(target, direction, denom, value=s.neg_step_size)
+            if s.decay and not s.no_prox:
+                target = ops.div_(target, 1.0 + s.decay)
+            return target
 
         return step_into, (exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad)

@@ -118,6 +118,16 @@ class TensorOps:
         """Returns ``x * scalar``."""
         return torch.mul(x, scalar, out=self.workspace.take(x))
 
+    @staticmethod
+    def scale_into(dst: Tensor, x: Tensor, scalar: float) -> Tensor:
+        """``dst = scalar * x`` in one pass."""
+        return torch.mul(x, scalar, out=dst)
+
+    @staticmethod
+    def add_scaled_into(dst: Tensor, x: Tensor, y: Tensor, alpha: float) -> Tensor:
+        """``dst = x + alpha * y`` in one pass; ``dst`` may be ``x`` or ``y``."""
+        return torch.add(x, y, alpha=alpha, out=dst)
+
     def div(self, x: Tensor, y: Tensor) -> Tensor:
         """Returns ``x / y``."""
         return torch.div(x, y, out=self.workspace.take(x))
@@ -202,6 +212,17 @@ class ForeachOps:
     @staticmethod
     def mul(x: TensorList, scalar: float | list[float]) -> TensorList:
         return list(torch._foreach_mul(x, scalar))
+
+    @staticmethod
+    def scale_into(dst: TensorList, x: TensorList, scalar: float) -> TensorList:
+        torch._foreach_copy_(dst, x)
+        torch._foreach_mul_(dst, scalar)
+        return dst
+
+    @staticmethod
+    def add_scaled_into(dst: TensorList, x: TensorList, y: TensorList, alpha: float) -> TensorList:
+        torch._foreach_copy_(dst, torch._foreach_add(x, y, alpha=alpha))
+        return dst
 
     @staticmethod
     def div(x: TensorList, y: TensorList) -> TensorList:
