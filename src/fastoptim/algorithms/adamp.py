@@ -67,10 +67,8 @@ class AdamP(Optimizer):
         delta: Projection threshold :math:`\delta` (default: 0.1).
         wd_ratio: Decay multiplier for projected weights (default: 0.1).
         nesterov: Nesterov momentum in the update (default: False).
-        kahan_sum: Kahan summation; None (default) enables it for bf16/fp16 parameters.
-        backend: ``"auto"`` (default), ``"loop"`` or ``"foreach"``.
-        foreach: Alias of ``backend``.
-        gradient_release: Allow the step to run inside backward (default: False).
+        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+            (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
@@ -168,10 +166,8 @@ class SGDP(Optimizer):
         eps: Guards the norms (default: 1e-8).
         delta: Projection threshold :math:`\delta` (default: 0.1).
         wd_ratio: Decay multiplier for projected weights (default: 0.1).
-        kahan_sum: Kahan summation; None (default) enables it for bf16/fp16 parameters.
-        backend: ``"auto"`` (default), ``"loop"`` or ``"foreach"``.
-        foreach: Alias of ``backend``.
-        gradient_release: Allow the step to run inside backward (default: False).
+        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+            (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("momentum",)

@@ -61,12 +61,11 @@ class Adan(Optimizer):
         eps: Added to the denominator (default: 1e-8).
         weight_decay: Decay coefficient :math:`\lambda` (default: 0).
         max_grad_norm: Clip all gradients together to this global norm; 0 disables (default: 0).
+            Needs the whole step, so it cannot be combined with ``gradient_release=True``.
         no_prox: AdamW-style decay instead of the proximal step (default: False).
-        kahan_sum: Kahan summation; None (default) enables it for bf16/fp16 parameters.
-        backend: ``"auto"`` (default), ``"loop"`` or ``"foreach"``.
-        foreach: Alias of ``backend`` (True: foreach, False: loop; default None).
         fused: Only None or False are accepted (no fused kernel yet).
-        gradient_release: Allow the step to run inside backward; not with ``max_grad_norm > 0``.
+        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+            (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")

@@ -59,11 +59,9 @@ class ADOPT(Optimizer):
         clip_lambda: Clip bound as a function of the step count, or None (default: ``n ** 0.25``).
         weight_decay: Decay coefficient :math:`\lambda` (default: 0).
         decouple: Decoupled (AdamW-style) weight decay instead of L2 (default: False).
-        kahan_sum: Kahan summation; None (default) enables it for bf16/fp16 parameters.
-        backend: ``"auto"`` (default), ``"loop"`` or ``"foreach"``.
-        foreach: Alias of ``backend`` (True: foreach, False: loop).
         fused: Only None or False are accepted (no fused kernel yet).
-        gradient_release: Allow the step to run inside backward (default: False).
+        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+            (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")

@@ -37,10 +37,8 @@ class Lion(Optimizer):
         decouple_wd: Decoupled weight decay (default: True).
         decouple_lr: Fully decoupled weight decay (default: False).
         max_lr: Peak scheduled learning rate for ``decouple_lr`` (default: None, meaning ``lr``).
-        kahan_sum: Kahan summation; None (default) enables it for bf16/fp16 parameters.
-        backend: ``"auto"`` (default), ``"loop"`` or ``"foreach"``.
-        foreach: Alias of ``backend``.
-        gradient_release: Allow the step to run inside backward (default: False).
+        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+            (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("exp_avg",)
