@@ -18,6 +18,7 @@ from tests.reference import (
     lion_pytorch_lion,
     official_adamp,
     official_adopt,
+    official_prodigy,
     optimi_optimizer,
     pytorch_optimizer_adan,
 )
@@ -241,6 +242,27 @@ ADAMP_CASES = [
 CASES += [
     Case(name, getattr(fastoptim, cls), kwargs, {"official": official_adamp(cls, **kwargs)}, reason)
     for name, cls, kwargs, reason in ADAMP_CASES
+]
+
+PRODIGY_CASES = [
+    ("prodigy", dict(lr=1.0)),
+    (
+        "prodigy_coupled_bias_correction",
+        dict(lr=1.0, weight_decay=0.1, decouple=False, use_bias_correction=True),
+    ),
+    (
+        "prodigy_decoupled_safeguard_slice",
+        dict(lr=1.0, weight_decay=0.05, safeguard_warmup=True, slice_p=3, d0=1e-5),
+    ),
+]
+D_ESTIMATE = (
+    "d grows by orders of magnitude in the first steps from sums over every parameter, so bf16 "
+    "rounding of the states changes the trajectory by O(1) with or without Kahan; in fp16 "
+    "v = d^2 (1 - beta2) g^2 underflows at d = 1e-6 (states keep the parameter dtype, as officially)"
+)
+CASES += [
+    Case(name, fastoptim.Prodigy, kwargs, {"official": official_prodigy(**kwargs)}, D_ESTIMATE, False)
+    for name, kwargs in PRODIGY_CASES
 ]
 
 CASES_BY_NAME = {case.name: case for case in CASES}

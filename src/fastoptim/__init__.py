@@ -1,6 +1,6 @@
 """fastoptim: modern PyTorch optimizers, exact to their official code, at memory-bandwidth speed."""
 
-from fastoptim.algorithms import ADOPT, SGD, SGDP, Adam, AdamP, AdamW, Adan, Lion
+from fastoptim.algorithms import ADOPT, SGD, SGDP, Adam, AdamP, AdamW, Adan, Lion, Prodigy
 from fastoptim.factory import create_optimizer, param_groups_weight_decay
 from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
 from fastoptim.optimizer import Optimizer
@@ -17,6 +17,7 @@ __all__ = [
     "Adan",
     "Lion",
     "Optimizer",
+    "Prodigy",
     "__version__",
     "create_optimizer",
     "param_groups_weight_decay",

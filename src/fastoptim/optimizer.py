@@ -27,6 +27,7 @@ from torch import Tensor
 
 from fastoptim.precision import is_low_precision
 from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
+from fastoptim.runners.apply import apply_accumulate, apply_rule, apply_update
 from fastoptim.runners.ops import Workspace
 from fastoptim.validation import check_bool, check_nonnegative, check_positive
 
@@ -34,6 +35,21 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 #: What a rule returns: a function adding the update to its argument, and the new states.
 RuleResult = tuple[Callable[[Any], Any], tuple[Any, ...]]
+
+
+def _sum_partials(results: list[Any]) -> list[float] | None:
+    """Adds up the partial sums of every tensor, on the device and in float64; one host sync."""
+    columns: list[list[Tensor]] = []
+    for result in results:
+        if result is None:
+            continue
+        for index, value in enumerate(result):
+            if index == len(columns):
+                columns.append([])
+            columns[index].extend(value if isinstance(value, list) else [value])
+    if not columns:
+        return None
+    return torch.stack([torch.stack(c).to(torch.float64).sum() for c in columns]).tolist()
 
 
 def hyperparameters(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -74,6 +90,9 @@ class Optimizer(torch.optim.Optimizer):
 
     #: Per-parameter buffers, zero-initialised, in the order the rule receives them.
     STATE_KEYS: ClassVar[tuple[str, ...]] = ()
+    #: True for algorithms with a global reduction: ``accumulate`` / ``finalize`` / ``update``
+    #: replace ``rule`` (D-Adaptation, Prodigy).
+    REDUCES: ClassVar[bool] = False
     #: Optimizer attributes (beyond groups and state) that pickling and deepcopy keep.
     PICKLED_ATTRIBUTES: ClassVar[tuple[str, ...]] = ()
 
@@ -93,6 +112,12 @@ class Optimizer(torch.optim.Optimizer):
             )
         check_bool(kahan_sum, "kahan_sum", allow_none=True)
         check_bool(gradient_release, "gradient_release")
+        if gradient_release and self.REDUCES:
+            raise ValueError(
+                f"{type(self).__name__} estimates its step size from sums over all parameters at every "
+                "step, which gradient_release=True cannot provide while each parameter steps inside "
+                "backward; use optimizer.step()"
+            )
         self.backend = _choose_backend(backend, foreach)
         self.gradient_release = gradient_release
         self.optimizer_accumulation = False
@@ -105,6 +130,10 @@ class Optimizer(torch.optim.Optimizer):
     def state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         """The state buffers a parameter of ``group`` needs; ``STATE_KEYS`` unless overridden."""
         return self.STATE_KEYS
+
+    def init_state(self, group: dict[str, Any], param: Tensor, key: str) -> Tensor:
+        """The initial value of state buffer ``key``; zeros shaped like ``param`` by default."""
+        return torch.zeros_like(param, memory_format=torch.preserve_format)
 
     def check_group(self, group: dict[str, Any]) -> None:
         """Validates the algorithm's own hyperparameters in ``group``; raises ValueError."""
@@ -124,6 +153,27 @@ class Optimizer(torch.optim.Optimizer):
 
     def begin_group(self, group: dict[str, Any]) -> None:
         """Called once per group at every ``step()``, even when no parameter has a gradient."""
+
+    def accumulate(
+        self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
+    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...]]:
+        """Reducing algorithms, phase one: ``(partial sums or None, new_state)`` per tensor.
+
+        Partial sums are 0-d device tensors (lists of them in the foreach runner); the machinery
+        adds them up over every parameter of every group, on the device, in float64.
+        """
+        raise NotImplementedError
+
+    def finalize(self, sums: list[float] | None) -> dict[str, Any] | None:
+        """Reducing algorithms: turns the global sums into phase-two scalars (None: no update).
+
+        ``sums`` is None when no parameter contributed.
+        """
+        raise NotImplementedError
+
+    def update(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> Any:
+        """Reducing algorithms, phase two: returns ``step_into`` as :meth:`rule` does."""
+        raise NotImplementedError
 
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
         """The update: returns ``(step_into, new_state)``; see :mod:`fastoptim.runners.ops`.
@@ -204,21 +254,41 @@ class Optimizer(torch.optim.Optimizer):
                 loss = closure()
         update_params = not self.optimizer_accumulation
         shared = self.global_scalars()
+        plans = []
         for group in self.param_groups:
             self.begin_group(group)
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                self._step_params(group, params, self.backend, update_params, shared)
+                plans.append(self._prepare_buckets(group, params, shared))
+        if not self.REDUCES:
+            for buckets in plans:
+                self._run(buckets, self.backend, update_params, apply_rule)
+            return loss
+        partials = [
+            r for buckets in plans for r in self._run(buckets, self.backend, update_params, apply_accumulate)
+        ]
+        final = self.finalize(_sum_partials(partials))
+        if final is not None:
+            for buckets in plans:
+                for bucket in buckets:
+                    bucket.scalars.__dict__.update(final)
+                self._run(buckets, self.backend, update_params, apply_update)
         return loss
 
-    def _step_params(
-        self,
-        group: dict[str, Any],
-        params: list[Tensor],
-        backend: str,
-        update_params: bool,
-        shared: dict[str, Any],
-    ) -> None:
+    @staticmethod
+    def _run(buckets: list[Bucket], backend: str, update_params: bool, apply: Any) -> list[Any]:
+        results = []
+        for bucket in buckets:
+            results += get_runner(backend, bucket.device)(bucket.optimizer, bucket, update_params, apply)
+        return results
+
+    def _prepare_buckets(
+        self, group: dict[str, Any], params: list[Tensor], shared: dict[str, Any]
+    ) -> list[Bucket]:
+        """Checks gradients, initialises missing state, counts the step, buckets the parameters.
+
+        Buckets group parameters by (step, device, dtype): the unit the runners work on.
+        """
         name = type(self).__name__
         for p in params:
             if p.grad.is_sparse:
@@ -231,7 +301,7 @@ class Optimizer(torch.optim.Optimizer):
             state = self.state[p]
             for key in keys:
                 if key not in state:
-                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state[key] = self.init_state(group, p, key)
             step = state["step"] = state.get("step", 0) + 1
             bucket = buckets.get((step, p.device, p.dtype))
             if bucket is None:
@@ -245,8 +315,7 @@ class Optimizer(torch.optim.Optimizer):
                 if "kahan_comp" not in state:
                     state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 bucket.kahan_comps.append(state["kahan_comp"])
-        for bucket in buckets.values():
-            get_runner(backend, bucket.device)(self, bucket, update_params)
+        return list(buckets.values())
 
     def _new_bucket(
         self,
@@ -264,6 +333,7 @@ class Optimizer(torch.optim.Optimizer):
         scalars.__dict__.update(shared)
         scalars.__dict__.update(self.scalars(group, step, lr))
         return Bucket(
+            optimizer=self,
             device=p.device,
             dtype=p.dtype,
             scalars=scalars,
@@ -318,8 +388,8 @@ class Optimizer(torch.optim.Optimizer):
         if group is None or param.grad is None:
             return
         with torch.no_grad():
-            shared = self.global_scalars()
-            self._step_params(group, [param], "loop", not self.optimizer_accumulation, shared)
+            buckets = self._prepare_buckets(group, [param], self.global_scalars())
+            self._run(buckets, "loop", not self.optimizer_accumulation, apply_rule)
         param.grad = None
 
     def __getstate__(self) -> dict[str, Any]:

@@ -61,3 +61,14 @@ def official_adamp(name: str, **kwargs: Any) -> Callable[[Any], torch.optim.Opti
         return getattr(adamp, name)(params, **kwargs)
 
     return build
+
+
+def official_prodigy(**kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
+    """prodigyopt 1.1.2, the official Prodigy."""
+
+    def build(params: Any) -> torch.optim.Optimizer:
+        from prodigyopt import Prodigy
+
+        return Prodigy(params, **kwargs)
+
+    return build

@@ -5,6 +5,7 @@ from fastoptim.algorithms.adamp import SGDP, AdamP
 from fastoptim.algorithms.adan import Adan
 from fastoptim.algorithms.adopt import ADOPT
 from fastoptim.algorithms.lion import Lion
+from fastoptim.algorithms.prodigy import Prodigy
 from fastoptim.algorithms.sgd import SGD
 
-__all__ = ["ADOPT", "SGD", "SGDP", "Adam", "AdamP", "AdamW", "Adan", "Lion"]
+__all__ = ["ADOPT", "SGD", "SGDP", "Adam", "AdamP", "AdamW", "Adan", "Lion", "Prodigy"]

@@ -16,7 +16,7 @@ from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.foreach import run_foreach
 from fastoptim.runners.loop import run_loop
 
-Runner = Callable[[Any, Bucket, bool], None]
+Runner = Callable[..., list[Any]]
 
 RUNNERS: dict[str, Runner] = {"loop": run_loop, "foreach": run_foreach}
 #: Backends named in the API that later releases add; selecting one now is a clear error.

@@ -9,10 +9,32 @@ runner per list with :class:`~fastoptim.runners.ops.ForeachOps`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
 from fastoptim.precision import store
+
+#: ``apply(optimizer, ops, param, grad, states, kahan_comp, scalars, update_params)``.
+Apply = Callable[..., Any]
+
+
+def _prepare(
+    ops: Any, param: Any, grad: Any, states: tuple[Any, ...], scalars: SimpleNamespace, update_params: bool
+):
+    """Float32 working copies of low-precision gradients and states, and L2 decay on the gradient."""
+    if scalars.low_precision:
+        grad = ops.to_fp32(grad)
+        states = tuple(ops.to_fp32(s) for s in states)
+    if update_params and scalars.l2:
+        grad = ops.add(grad, param, alpha=scalars.l2)
+    return grad, states
+
+
+def _write_back(ops: Any, states: tuple[Any, ...], new_states: tuple[Any, ...]) -> None:
+    for buffer, value in zip(states, new_states, strict=True):
+        if value is not buffer:
+            ops.copy_(buffer, value)
 
 
 def apply_rule(
@@ -43,16 +65,43 @@ def apply_rule(
         update_params: False during optimizer accumulation: states advance, parameters and
             weight decay do not.
     """
-    if scalars.low_precision:
-        grad = ops.to_fp32(grad)
-        work = tuple(ops.to_fp32(s) for s in states)
-    else:
-        work = states
-    if update_params and scalars.l2:
-        grad = ops.add(grad, param, alpha=scalars.l2)
+    grad, work = _prepare(ops, param, grad, states, scalars, update_params)
     step_into, new_states = optimizer.rule(ops, param, grad, work, scalars)
-    for buffer, value in zip(states, new_states, strict=True):
-        if value is not buffer:
-            ops.copy_(buffer, value)
+    _write_back(ops, states, new_states)
     if update_params:
         store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+
+
+def apply_accumulate(
+    optimizer: Any,
+    ops: Any,
+    param: Any,
+    grad: Any,
+    states: tuple[Any, ...],
+    kahan_comp: Any | None,
+    scalars: SimpleNamespace,
+    update_params: bool,
+) -> tuple[Any, ...] | None:
+    """Phase one of a reducing algorithm: advances the states, returns the partial sums."""
+    grad, work = _prepare(ops, param, grad, states, scalars, update_params)
+    partials, new_states = optimizer.accumulate(ops, param, grad, work, scalars)
+    _write_back(ops, states, new_states)
+    return partials
+
+
+def apply_update(
+    optimizer: Any,
+    ops: Any,
+    param: Any,
+    grad: Any,
+    states: tuple[Any, ...],
+    kahan_comp: Any | None,
+    scalars: SimpleNamespace,
+    update_params: bool,
+) -> None:
+    """Phase two of a reducing algorithm: the parameter update with the reduced scalars."""
+    if not update_params:
+        return
+    grad, work = _prepare(ops, param, grad, states, scalars, update_params)
+    step_into = optimizer.update(ops, param, grad, work, scalars)
+    store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)

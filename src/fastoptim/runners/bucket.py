@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -14,6 +15,7 @@ class Bucket:
     """Parameters of one group with the same step count, device and dtype.
 
     Attributes:
+        optimizer: The optimizer whose rule the bucket runs.
         params: The parameters.
         grads: Their gradients.
         states: One list per state key (in ``state_keys`` order), aligned with ``params``.
@@ -22,6 +24,7 @@ class Bucket:
         scalars: The step's scalars, shared by every parameter of the bucket.
     """
 
+    optimizer: Any
     device: torch.device
     dtype: torch.dtype
     scalars: SimpleNamespace

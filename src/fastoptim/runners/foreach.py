@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from fastoptim.runners.apply import apply_rule
+from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.ops import ForeachOps
 
@@ -24,18 +24,20 @@ def _chunks(bucket: Bucket) -> Iterator[slice]:
         yield slice(start, len(bucket.params))
 
 
-def run_foreach(optimizer: Any, bucket: Bucket, update_params: bool) -> None:
-    """Applies the optimizer's rule to ``bucket`` with one multi-tensor kernel per primitive."""
+def run_foreach(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
+    """Applies ``apply`` (by default the optimizer's rule) to ``bucket`` chunk by chunk.
+
+    Each primitive is one multi-tensor kernel per chunk.
+
+    Returns:
+        What ``apply`` returned, per chunk (lists of per-tensor partial sums in a reduction phase).
+    """
+    results = []
     for part in _chunks(bucket):
         states = tuple(column[part] for column in bucket.states)
         comps = None if bucket.kahan_comps is None else bucket.kahan_comps[part]
-        apply_rule(
-            optimizer,
-            ForeachOps,
-            bucket.params[part],
-            bucket.grads[part],
-            states,
-            comps,
-            bucket.scalars,
-            update_params,
+        params, grads = bucket.params[part], bucket.grads[part]
+        results.append(
+            apply(optimizer, ForeachOps, params, grads, states, comps, bucket.scalars, update_params)
         )
+    return results

@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fastoptim.runners.apply import apply_rule
+from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.ops import TensorOps
 
@@ -15,26 +15,35 @@ from fastoptim.runners.ops import TensorOps
 BLOCK_ELEMENTS = 1 << 20
 
 
-def _contiguous(tensors: tuple[Tensor | None, ...]) -> bool:
-    return all(t is None or t.is_contiguous() for t in tensors)
+def _blockable(tensors: tuple[Tensor | None, ...], numel: int) -> bool:
+    """Large, contiguous, and every state shaped like the parameter (not Prodigy's slices)."""
+    return numel > BLOCK_ELEMENTS and all(
+        t is None or (t.is_contiguous() and t.numel() == numel) for t in tensors
+    )
 
 
-def run_loop(optimizer: Any, bucket: Bucket, update_params: bool) -> None:
-    """Applies the optimizer's rule to each tensor of ``bucket`` in turn."""
+def run_loop(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
+    """Applies ``apply`` (by default the optimizer's rule) to each tensor of ``bucket`` in turn.
+
+    Returns:
+        What ``apply`` returned, per tensor or block (partial sums in a reduction phase).
+    """
     workspace = optimizer.workspace
     ops = TensorOps(workspace)
     scalars = bucket.scalars
     count = len(bucket.params)
     rows = list(zip(*bucket.states, strict=True)) if bucket.states else [()] * count
     comps = bucket.kahan_comps or [None] * count
+    results = []
     for param, grad, states, comp in zip(bucket.params, bucket.grads, rows, comps, strict=True):
         numel = param.numel()
-        if numel <= BLOCK_ELEMENTS or not _contiguous((param, grad, *states, comp)):
-            apply_rule(optimizer, ops, param, grad, states, comp, scalars, update_params)
+        if not _blockable((param, grad, *states, comp), numel):
+            results.append(apply(optimizer, ops, param, grad, states, comp, scalars, update_params))
             workspace.reset()
             continue
         flat = [None if t is None else t.view(-1) for t in (param, grad, *states, comp)]
         for start in range(0, numel, BLOCK_ELEMENTS):
             p, g, *s, c = (None if t is None else t[start : start + BLOCK_ELEMENTS] for t in flat)
-            apply_rule(optimizer, ops, p, g, tuple(s), c, scalars, update_params)
+            results.append(apply(optimizer, ops, p, g, tuple(s), c, scalars, update_params))
             workspace.reset()
+    return results

@@ -136,6 +136,19 @@ class TensorOps:
         """Returns a float32 copy of a low-precision tensor."""
         return self.workspace.take(x, torch.float32).copy_(x)
 
+    @staticmethod
+    def flat_slice(x: Tensor, step: int) -> Tensor:
+        """Every ``step``-th element of the flattened tensor (a view where possible)."""
+        return x.flatten()[::step]
+
+    def dot_diff(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
+        """Returns ``<x, y - z>`` as a 0-d tensor (``y`` may be a 0-d tensor)."""
+        return torch.dot(x, torch.sub(y, z, out=self.workspace.take(z, x.dtype)))
+
+    def abs_sum(self, x: Tensor) -> Tensor:
+        """Returns ``sum(|x|)`` as a 0-d tensor."""
+        return torch.abs(x, out=self.workspace.take(x)).sum()
+
 
 def _is_scalar(y: object) -> bool:
     return isinstance(y, (int, float))
@@ -249,3 +262,15 @@ class ForeachOps:
     @staticmethod
     def to_fp32(x: TensorList) -> TensorList:
         return [t.to(torch.float32) for t in x]
+
+    @staticmethod
+    def flat_slice(x: TensorList, step: int) -> TensorList:
+        return [t.flatten()[::step] for t in x]
+
+    @staticmethod
+    def dot_diff(x: TensorList, y: TensorList, z: TensorList) -> list[Tensor]:
+        return [torch.dot(a, torch.sub(b, c).to(a.dtype)) for a, b, c in zip(x, y, z, strict=True)]
+
+    @staticmethod
+    def abs_sum(x: TensorList) -> list[Tensor]:
+        return [t.sum() for t in torch._foreach_abs(x)]
