@@ -145,6 +145,20 @@ ALGORITHMS = {
             "pytorch-optimizer": ("pytorch_optimizer", "AdamP", dict(lr=1e-3, weight_decay=1e-2)),
         },
     ),
+    # growth_rate=1 keeps d finite on the benchmark's fixed gradients; the operations are the same
+    "prodigy": (
+        "Prodigy",
+        dict(lr=1.0, weight_decay=1e-2, growth_rate=1.0),
+        10,
+        {
+            "official": ("prodigyopt", "Prodigy", dict(lr=1.0, weight_decay=1e-2, growth_rate=1.0)),
+            "pytorch-optimizer": (
+                "pytorch_optimizer",
+                "Prodigy",
+                dict(lr=1.0, weight_decay=1e-2, growth_rate=1.0),
+            ),
+        },
+    ),
     "sgdp": (
         "SGDP",
         dict(lr=1e-2, momentum=0.9, weight_decay=1e-4),

@@ -18,6 +18,7 @@ from tests.reference import (
     lion_pytorch_lion,
     official_adamp,
     official_adopt,
+    official_dadaptation,
     official_prodigy,
     optimi_optimizer,
     pytorch_optimizer_adan,
@@ -257,12 +258,37 @@ PRODIGY_CASES = [
 ]
 D_ESTIMATE = (
     "d grows by orders of magnitude in the first steps from sums over every parameter, so bf16 "
-    "rounding of the states changes the trajectory by O(1) with or without Kahan; in fp16 "
-    "v = d^2 (1 - beta2) g^2 underflows at d = 1e-6 (states keep the parameter dtype, as officially)"
+    "rounding of the states changes the trajectory by O(1) with or without Kahan; in fp16 the "
+    "d-scaled states underflow at d = 1e-6 (states keep the parameter dtype, as officially)"
 )
 CASES += [
     Case(name, fastoptim.Prodigy, kwargs, {"official": official_prodigy(**kwargs)}, D_ESTIMATE, False)
     for name, kwargs in PRODIGY_CASES
+]
+
+DADAPT_CASES = [
+    ("dadapt_adam", "DAdaptAdam", dict(lr=1.0)),
+    (
+        "dadapt_adam_coupled_bias_correction",
+        "DAdaptAdam",
+        dict(lr=1.0, weight_decay=0.1, use_bias_correction=True),
+    ),
+    (
+        "dadapt_adam_decouple_growth",
+        "DAdaptAdam",
+        dict(lr=1.0, weight_decay=0.05, decouple=True, growth_rate=2.0, d0=1e-5),
+    ),
+]
+CASES += [
+    Case(
+        name,
+        getattr(fastoptim, cls),
+        kwargs,
+        {"official": official_dadaptation(cls, **kwargs)},
+        D_ESTIMATE,
+        False,
+    )
+    for name, cls, kwargs in DADAPT_CASES
 ]
 
 CASES_BY_NAME = {case.name: case for case in CASES}

@@ -1,6 +1,6 @@
 """fastoptim: modern PyTorch optimizers, exact to their official code, at memory-bandwidth speed."""
 
-from fastoptim.algorithms import ADOPT, SGD, SGDP, Adam, AdamP, AdamW, Adan, Lion, Prodigy
+from fastoptim.algorithms import ADOPT, SGD, SGDP, Adam, AdamP, AdamW, Adan, DAdaptAdam, Lion, Prodigy
 from fastoptim.factory import create_optimizer, param_groups_weight_decay
 from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
 from fastoptim.optimizer import Optimizer
@@ -15,6 +15,7 @@ __all__ = [
     "AdamP",
     "AdamW",
     "Adan",
+    "DAdaptAdam",
     "Lion",
     "Optimizer",
     "Prodigy",

@@ -72,3 +72,14 @@ def official_prodigy(**kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
         return Prodigy(params, **kwargs)
 
     return build
+
+
+def official_dadaptation(name: str, **kwargs: Any) -> Callable[[Any], torch.optim.Optimizer]:
+    """dadaptation 3.2's optimizer ``name`` (the official code)."""
+
+    def build(params: Any) -> torch.optim.Optimizer:
+        import dadaptation
+
+        return getattr(dadaptation, name)(params, **kwargs)
+
+    return build

@@ -10,23 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastoptim.algorithms.distance import max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, hyperparameters
 from fastoptim.validation import check_betas, check_bool, check_positive, check_unit_interval
-
-
-def max_lr_of(optimizer: Optimizer) -> float:
-    """The largest group lr; every group's lr must be it or 0, as the official code requires.
-
-    Raises:
-        RuntimeError: A group's lr is neither the largest nor 0 (with the official message).
-    """
-    lrs = [float(group["lr"]) for group in optimizer.param_groups]
-    lr = max(lrs)
-    if any(value not in (lr, 0.0) for value in lrs):
-        raise RuntimeError(
-            "Setting different lr values in different parameter groups is only supported for values of 0"
-        )
-    return lr
 
 
 class Prodigy(Optimizer):
@@ -196,7 +182,7 @@ class Prodigy(Optimizer):
         exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, value=d * d * (1 - s.beta2))
         sums_weight = (d / s.d0) * d if s.safeguard_warmup else weight
         sums = ops.add_(ops.mul_(sums, s.beta3), sliced_grad, alpha=sums_weight)
-        partial = _scaled(numerator, weight)
+        partial = scaled(numerator, weight)
         return (partial, ops.abs_sum(sums)), (*moments, exp_avg_sq, sums, p0)
 
     def finalize(self, sums: list[float] | None) -> dict[str, Any] | None:
@@ -232,10 +218,3 @@ class Prodigy(Optimizer):
             return ops.addcdiv_(target, grad, denom, value=-s.dlr * s.d_new)
 
         return step_into
-
-
-def _scaled(value: Any, factor: float) -> Any:
-    """``factor * value`` in float64 (0-d tensor, or a list of them), as the official host sums."""
-    if isinstance(value, list):
-        return [v.to(torch.float64) * factor for v in value]
-    return value.to(torch.float64) * factor

@@ -141,6 +141,11 @@ class TensorOps:
         """Every ``step``-th element of the flattened tensor (a view where possible)."""
         return x.flatten()[::step]
 
+    @staticmethod
+    def dot(x: Tensor, y: Tensor) -> Tensor:
+        """Returns ``<x, y>`` over all elements as a 0-d tensor."""
+        return torch.dot(x.flatten(), y.flatten())
+
     def dot_diff(self, x: Tensor, y: Tensor, z: Tensor) -> Tensor:
         """Returns ``<x, y - z>`` as a 0-d tensor (``y`` may be a 0-d tensor)."""
         return torch.dot(x, torch.sub(y, z, out=self.workspace.take(z, x.dtype)))
@@ -266,6 +271,10 @@ class ForeachOps:
     @staticmethod
     def flat_slice(x: TensorList, step: int) -> TensorList:
         return [t.flatten()[::step] for t in x]
+
+    @staticmethod
+    def dot(x: TensorList, y: TensorList) -> list[Tensor]:
+        return [torch.dot(a.flatten(), b.flatten()) for a, b in zip(x, y, strict=True)]
 
     @staticmethod
     def dot_diff(x: TensorList, y: TensorList, z: TensorList) -> list[Tensor]:

@@ -1,0 +1,189 @@
+"""D-Adaptation Adam: Adam with a learning rate estimated from the distance travelled."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from types import SimpleNamespace
+from typing import Any
+
+from torch import Tensor
+
+from fastoptim.algorithms.distance import max_lr_of, scaled
+from fastoptim.optimizer import Optimizer, hyperparameters
+from fastoptim.validation import check_betas, check_bool, check_nonnegative, check_positive
+
+logger = logging.getLogger("fastoptim")
+
+
+class DAdaptAdam(Optimizer):
+    r"""D-Adaptation Adam (Defazio & Mishchenko, ICML 2023), following dadaptation 3.2.
+
+    One distance estimate :math:`d` for all parameters; the step scale is
+    :math:`\delta = d\gamma` (:math:`\gamma` = the largest group lr; other groups must use that
+    lr or 0, and ``layer_scale`` :math:`r` scales a group instead). With
+    :math:`\tilde\beta = \sqrt{\beta_2}` and :math:`D = \sqrt{v} + \epsilon`:
+
+    .. math::
+
+        A &= \textstyle\sum r\,\delta\,\langle g, s / D_{old}\rangle, \qquad
+        N \leftarrow \tilde\beta N + (1 - \tilde\beta) A \\
+        m &\leftarrow \beta_1 m + r\delta(1 - \beta_1)\, g, \qquad
+        v \leftarrow \beta_2 v + (1 - \beta_2)\, g^2, \qquad
+        s \leftarrow \tilde\beta s + \delta(1 - \tilde\beta)\, g \\
+        d &\leftarrow \max\Big(d,\ \min\big(\tfrac{N}{(1 - \tilde\beta)\sum r \lVert s \rVert_1},\
+            d \cdot \text{growth\_rate}\big)\Big) \\
+        \theta &\leftarrow \theta - m / (\sqrt{v} + \epsilon)
+
+    The step size is folded into :math:`m`, so an lr schedule acts through new gradients only (its
+    effect lags by the momentum horizon, unlike torch's Adam).
+
+    Advice from the authors: keep ``lr=1.0`` and use the schedule you would use otherwise (warm-up
+    and cosine or linear decay); weight decay multiplies the small adapted lr, so try a value 2-4x
+    larger than with Adam; ``decouple=True`` for AdamW-style decay; scale groups with
+    ``layer_scale``. The estimate grows monotonically; ``growth_rate`` bounds its growth per step.
+
+    Implementation: the two global sums are added on the device and read once per step (the
+    official code calls ``.item()`` twice per parameter); ``d``, ``k`` and
+    ``numerator_weighted`` are in every param group after each step, as officially. Logging goes
+    to the ``fastoptim`` logger every ``log_every`` steps.
+
+    Differences from the official code: ``p.grad`` is not modified by coupled weight decay;
+    gradient release is refused (the estimate needs every parameter before any update); the
+    per-parameter ``step`` counts calls, also those where no update happens. As officially,
+    decoupled decay reaches groups with lr 0. ``fsdp_in_use`` is accepted and not needed on one
+    process.
+
+    Args:
+        params: Tensors to optimise or dicts defining parameter groups.
+        lr: Learning-rate multiplier :math:`\gamma` (default: 1.0).
+        betas: :math:`(\beta_1, \beta_2)` (default: (0.9, 0.999)).
+        eps: Added to the denominator (default: 1e-8).
+        weight_decay: Decay coefficient (default: 0).
+        log_every: Log d every this many steps; 0 disables (default: 0).
+        decouple: AdamW-style decay ``p -= d * lr * wd * p`` (default: False: L2).
+        use_bias_correction: Adam's bias correction in the step scale (default: False).
+        d0: Initial distance estimate (default: 1e-6).
+        growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
+        fsdp_in_use: Accepted for compatibility (default: False).
+        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+            (:class:`fastoptim.Optimizer`).
+    """
+
+    REDUCES = True
+    STATE_KEYS = ("s", "exp_avg", "exp_avg_sq")
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        log_every: int = 0,
+        decouple: bool = False,
+        use_bias_correction: bool = False,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        *,
+        kahan_sum: bool | None = None,
+        backend: str = "auto",
+        foreach: bool | None = None,
+        gradient_release: bool = False,
+    ) -> None:
+        check_positive(lr, "lr")
+        arguments = hyperparameters(locals())
+        super().__init__(params, **arguments, d=d0, k=0, layer_scale=1.0, numerator_weighted=0.0)
+
+    def check_group(self, group: dict[str, Any]) -> None:
+        check_betas(group["betas"], 2)
+        check_positive(group["eps"], "eps")
+        check_positive(group["d0"], "d0")
+        check_nonnegative(group["layer_scale"], "layer_scale")
+        if not group["growth_rate"] >= 1.0:
+            raise ValueError(f"growth_rate must be >= 1, got {group['growth_rate']}")
+        log_every = group["log_every"]
+        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 0:
+            raise ValueError(f"log_every must be an integer >= 0, got {log_every!r}")
+        for flag in ("decouple", "use_bias_correction", "fsdp_in_use"):
+            check_bool(group[flag], flag)
+
+    def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
+        # coupled decay through the gradient; decoupled decay (scaled by d) in the update
+        return (0.0 if self.param_groups[0]["decouple"] else group["weight_decay"]), 0.0
+
+    def global_scalars(self) -> dict[str, Any]:
+        first = self.param_groups[0]
+        beta1, beta2 = first["betas"]
+        k, d = first["k"], first["d"]
+        lr = max_lr_of(
+            self,
+            ". To scale the learning rate differently for each layer, set the 'layer_scale' value instead.",
+        )
+        correction = 1.0
+        if first["use_bias_correction"]:
+            correction = ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
+        dlr = d * lr * correction
+        return {"beta1": beta1, "beta2": beta2, "sqrt_beta2": beta2**0.5, "dlr": dlr, "max_lr": lr}
+
+    def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
+        decouple = self.param_groups[0]["decouple"]
+        return {
+            "active": lr > 0.0,
+            "eps": group["eps"],
+            "layer_scale": group["layer_scale"],
+            "neg_decay": -group["weight_decay"] if decouple else 0.0,
+        }
+
+    def accumulate(
+        self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
+    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...]]:
+        if not s.active:
+            return None, state
+        sums, exp_avg, exp_avg_sq = state
+        r, dlr = s.layer_scale, s.dlr
+        denom = ops.add_(ops.sqrt(exp_avg_sq), s.eps)
+        numerator = scaled(ops.dot(grad, ops.div(sums, denom)), r * dlr)
+        exp_avg = ops.add_(ops.mul_(exp_avg, s.beta1), grad, alpha=r * dlr * (1 - s.beta1))
+        exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, value=1 - s.beta2)
+        sums = ops.add_(ops.mul_(sums, s.sqrt_beta2), grad, alpha=dlr * (1 - s.sqrt_beta2))
+        return (numerator, scaled(ops.abs_sum(sums), r)), (sums, exp_avg, exp_avg_sq)
+
+    def finalize(self, sums: list[float] | None) -> dict[str, Any] | None:
+        numerator_sum, l1 = sums if sums is not None else (0.0, 0.0)
+        first = self.param_groups[0]
+        sqrt_beta2 = first["betas"][1] ** 0.5
+        numerator = sqrt_beta2 * first["numerator_weighted"] + (1 - sqrt_beta2) * numerator_sum
+        if l1 == 0:
+            return None  # no gradient information yet: nothing stored, no update (as officially)
+        d = first["d"]
+        d_hat = d
+        if max_lr_of(self) > 0.0:
+            d_hat = numerator / ((1 - sqrt_beta2) * l1)
+            d = max(d, min(d_hat, d * first["growth_rate"]))
+        if first["log_every"] > 0 and first["k"] % first["log_every"] == 0:
+            logger.info(
+                "DAdaptAdam k=%d d_hat=%.3e d=%.3e sk_l1=%.1e numerator=%.1e",
+                first["k"],
+                d_hat,
+                d,
+                l1,
+                numerator,
+            )
+        for group in self.param_groups:
+            group["numerator_weighted"] = numerator
+            group["d"] = d
+            group["k"] += 1
+        return {}
+
+    def update(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> Any:
+        _, exp_avg, exp_avg_sq = state
+        denom = ops.add_(ops.sqrt(exp_avg_sq), s.eps)
+
+        def step_into(target: Any) -> Any:
+            if s.neg_decay:
+                target = ops.add_(target, param, alpha=s.neg_decay * s.dlr)
+            return ops.addcdiv_(target, exp_avg, denom, value=-1.0)
+
+        return step_into

@@ -1,0 +1,84 @@
+"""DAdaptAdam against dadaptation 3.2 and its golden runs."""
+
+from __future__ import annotations
+
+import logging
+
+import dadaptation
+import pytest
+import torch
+
+import fastoptim
+from tests.reference import golden
+
+# head_* runs are the repository HEAD (identical single-process trajectories, not the contract).
+RUNS = golden.runs("dadapt_adam", lambda run, spec: run.startswith("head"))
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach"])
+@pytest.mark.parametrize("run", RUNS)
+def test_golden_runs_and_official_package(run: str, backend: str) -> None:
+    ours, gold, optimizer = golden.replay("dadapt_adam", run, fastoptim.DAdaptAdam, backend=backend)
+    official, _, official_optimizer = golden.replay("dadapt_adam", run, dadaptation.DAdaptAdam)
+    assert golden.max_diff(ours, official) == 0
+    for mine, theirs in zip(optimizer.param_groups, official_optimizer.param_groups, strict=True):
+        for key in ("d", "k", "numerator_weighted"):
+            assert mine[key] == theirs[key], key
+    assert golden.max_diff(ours, gold) <= golden.max_diff(official, gold) + 1e-9
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+
+
+def _backward(model: torch.nn.Module, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    model(torch.randn(16, 5, generator=generator)).pow(2).mean().backward()
+
+
+def test_zero_gradients_do_not_divide_by_zero_or_move() -> None:
+    model = _model()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = fastoptim.DAdaptAdam(model.parameters())
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()
+    assert optimizer.param_groups[0]["k"] == 0 and optimizer.param_groups[0]["d"] == 1e-6
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_log_every_logs_d(caplog: pytest.LogCaptureFixture) -> None:
+    model = _model()
+    optimizer = fastoptim.DAdaptAdam(model.parameters(), log_every=2)
+    with caplog.at_level(logging.INFO, logger="fastoptim"):
+        for seed in range(4):
+            _backward(model, seed)
+            optimizer.step()
+    assert len([r for r in caplog.records if "d_hat" in r.getMessage()]) == 2
+
+
+def test_group_lr_rule_points_to_layer_scale() -> None:
+    model = _model()
+    optimizer = fastoptim.DAdaptAdam(
+        [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.3}]
+    )
+    _backward(model, 0)
+    with pytest.raises(RuntimeError, match="layer_scale"):
+        optimizer.step()
+
+
+def test_bad_arguments() -> None:
+    for kwargs, name in (
+        (dict(lr=0.0), "lr"),
+        (dict(d0=0.0), "d0"),
+        (dict(eps=0.0), "eps"),
+        (dict(log_every=-1), "log_every"),
+        (dict(betas=(1.0, 0.9)), r"betas\[0\]"),
+        (dict(growth_rate=0.9), "growth_rate"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            fastoptim.DAdaptAdam(_model().parameters(), **kwargs)
+    with pytest.raises(ValueError, match="gradient_release"):
+        fastoptim.DAdaptAdam(_model().parameters(), gradient_release=True)
