@@ -1,6 +1,18 @@
 """fastoptim: modern PyTorch optimizers, exact to their official code, at memory-bandwidth speed."""
 
-from fastoptim.algorithms import ADOPT, SGD, SGDP, Adam, AdamP, AdamW, Adan, DAdaptAdam, Lion, Prodigy
+from fastoptim.algorithms import (
+    ADOPT,
+    SGD,
+    SGDP,
+    Adam,
+    AdamP,
+    AdamW,
+    Adan,
+    DAdaptAdam,
+    DAdaptLion,
+    Lion,
+    Prodigy,
+)
 from fastoptim.factory import create_optimizer, param_groups_weight_decay
 from fastoptim.gradient_release import prepare_for_gradient_release, remove_gradient_release
 from fastoptim.optimizer import Optimizer
@@ -16,6 +28,7 @@ __all__ = [
     "AdamW",
     "Adan",
     "DAdaptAdam",
+    "DAdaptLion",
     "Lion",
     "Optimizer",
     "Prodigy",

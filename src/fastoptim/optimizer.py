@@ -156,11 +156,12 @@ class Optimizer(torch.optim.Optimizer):
 
     def accumulate(
         self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
-    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...]]:
-        """Reducing algorithms, phase one: ``(partial sums or None, new_state)`` per tensor.
+    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...], Any]:
+        """Reducing algorithms, phase one: ``(partial sums or None, new_state, step_into or None)``.
 
         Partial sums are 0-d device tensors (lists of them in the foreach runner); the machinery
-        adds them up over every parameter of every group, on the device, in float64.
+        adds them up over every parameter of every group, on the device, in float64. A
+        ``step_into`` returned here moves the parameter at once, with this step's scalars.
         """
         raise NotImplementedError
 

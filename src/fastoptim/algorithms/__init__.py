@@ -5,8 +5,21 @@ from fastoptim.algorithms.adamp import SGDP, AdamP
 from fastoptim.algorithms.adan import Adan
 from fastoptim.algorithms.adopt import ADOPT
 from fastoptim.algorithms.dadapt_adam import DAdaptAdam
+from fastoptim.algorithms.dadapt_lion import DAdaptLion
 from fastoptim.algorithms.lion import Lion
 from fastoptim.algorithms.prodigy import Prodigy
 from fastoptim.algorithms.sgd import SGD
 
-__all__ = ["ADOPT", "SGD", "SGDP", "Adam", "AdamP", "AdamW", "Adan", "DAdaptAdam", "Lion", "Prodigy"]
+__all__ = [
+    "ADOPT",
+    "SGD",
+    "SGDP",
+    "Adam",
+    "AdamP",
+    "AdamW",
+    "Adan",
+    "DAdaptAdam",
+    "DAdaptLion",
+    "Lion",
+    "Prodigy",
+]

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 from types import SimpleNamespace
 from typing import Any
 
 from torch import Tensor
 
-from fastoptim.algorithms.distance import max_lr_of, scaled
+from fastoptim.algorithms.distance import check_log_every, finalize_weighted_numerator, max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, hyperparameters
 from fastoptim.validation import check_betas, check_bool, check_nonnegative, check_positive
-
-logger = logging.getLogger("fastoptim")
 
 
 class DAdaptAdam(Optimizer):
@@ -103,9 +100,7 @@ class DAdaptAdam(Optimizer):
         check_nonnegative(group["layer_scale"], "layer_scale")
         if not group["growth_rate"] >= 1.0:
             raise ValueError(f"growth_rate must be >= 1, got {group['growth_rate']}")
-        log_every = group["log_every"]
-        if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 0:
-            raise ValueError(f"log_every must be an integer >= 0, got {log_every!r}")
+        check_log_every(group["log_every"])
         for flag in ("decouple", "use_bias_correction", "fsdp_in_use"):
             check_bool(group[flag], flag)
 
@@ -138,9 +133,9 @@ class DAdaptAdam(Optimizer):
 
     def accumulate(
         self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
-    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...]]:
+    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...], None]:
         if not s.active:
-            return None, state
+            return None, state, None
         sums, exp_avg, exp_avg_sq = state
         r, dlr = s.layer_scale, s.dlr
         denom = ops.add_(ops.sqrt(exp_avg_sq), s.eps)
@@ -148,34 +143,11 @@ class DAdaptAdam(Optimizer):
         exp_avg = ops.add_(ops.mul_(exp_avg, s.beta1), grad, alpha=r * dlr * (1 - s.beta1))
         exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, value=1 - s.beta2)
         sums = ops.add_(ops.mul_(sums, s.sqrt_beta2), grad, alpha=dlr * (1 - s.sqrt_beta2))
-        return (numerator, scaled(ops.abs_sum(sums), r)), (sums, exp_avg, exp_avg_sq)
+        return (numerator, scaled(ops.abs_sum(sums), r)), (sums, exp_avg, exp_avg_sq), None
 
     def finalize(self, sums: list[float] | None) -> dict[str, Any] | None:
-        numerator_sum, l1 = sums if sums is not None else (0.0, 0.0)
-        first = self.param_groups[0]
-        sqrt_beta2 = first["betas"][1] ** 0.5
-        numerator = sqrt_beta2 * first["numerator_weighted"] + (1 - sqrt_beta2) * numerator_sum
-        if l1 == 0:
-            return None  # no gradient information yet: nothing stored, no update (as officially)
-        d = first["d"]
-        d_hat = d
-        if max_lr_of(self) > 0.0:
-            d_hat = numerator / ((1 - sqrt_beta2) * l1)
-            d = max(d, min(d_hat, d * first["growth_rate"]))
-        if first["log_every"] > 0 and first["k"] % first["log_every"] == 0:
-            logger.info(
-                "DAdaptAdam k=%d d_hat=%.3e d=%.3e sk_l1=%.1e numerator=%.1e",
-                first["k"],
-                d_hat,
-                d,
-                l1,
-                numerator,
-            )
-        for group in self.param_groups:
-            group["numerator_weighted"] = numerator
-            group["d"] = d
-            group["k"] += 1
-        return {}
+        growth_rate = self.param_groups[0]["growth_rate"]
+        return {} if finalize_weighted_numerator(self, sums, growth_rate) else None
 
     def update(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> Any:
         _, exp_avg, exp_avg_sq = state

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
 
 from fastoptim.optimizer import Optimizer
+
+logger = logging.getLogger("fastoptim")
 
 
 def max_lr_of(optimizer: Optimizer, hint: str = "") -> float:
@@ -30,3 +33,46 @@ def scaled(value: Any, factor: float) -> Any:
     if isinstance(value, list):
         return [v.to(torch.float64) * factor for v in value]
     return value.to(torch.float64) * factor
+
+
+def finalize_weighted_numerator(optimizer: Optimizer, sums: list[float] | None, growth_rate: float) -> bool:
+    """The D-Adaptation Adam/Lion estimate from the step's sums ``[A, L]``.
+
+    ``N = sqrt(beta2) * N + (1 - sqrt(beta2)) * A`` and ``d = max(d, min(N / ((1 - sqrt(beta2)) L),
+    d * growth_rate))``; ``d``, ``numerator_weighted`` and ``k`` go into every group. With
+    ``L == 0`` nothing is stored (as officially).
+
+    Returns:
+        False when ``L == 0``.
+    """
+    numerator_sum, l1 = sums if sums is not None else (0.0, 0.0)
+    first = optimizer.param_groups[0]
+    sqrt_beta2 = first["betas"][1] ** 0.5
+    numerator = sqrt_beta2 * first["numerator_weighted"] + (1 - sqrt_beta2) * numerator_sum
+    if l1 == 0:
+        return False
+    d = d_hat = first["d"]
+    if max_lr_of(optimizer) > 0.0:
+        d_hat = numerator / ((1 - sqrt_beta2) * l1)
+        d = max(d, min(d_hat, d * growth_rate))
+    if first["log_every"] > 0 and first["k"] % first["log_every"] == 0:
+        logger.info(
+            "%s k=%d d_hat=%.3e d=%.3e sk_l1=%.1e numerator=%.1e",
+            type(optimizer).__name__,
+            first["k"],
+            d_hat,
+            d,
+            l1,
+            numerator,
+        )
+    for group in optimizer.param_groups:
+        group["numerator_weighted"] = numerator
+        group["d"] = d
+        group["k"] += 1
+    return True
+
+
+def check_log_every(value: Any) -> None:
+    """``log_every`` must be an integer >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"log_every must be an integer >= 0, got {value!r}")

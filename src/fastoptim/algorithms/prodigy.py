@@ -164,9 +164,9 @@ class Prodigy(Optimizer):
 
     def accumulate(
         self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
-    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...]]:
+    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...], None]:
         if not s.active:
-            return None, state
+            return None, state, None
         *moments, sums, p0 = state
         d, dlr = s.d, s.dlr
         sliced_grad = ops.flat_slice(grad, s.slice_p)
@@ -183,7 +183,7 @@ class Prodigy(Optimizer):
         sums_weight = (d / s.d0) * d if s.safeguard_warmup else weight
         sums = ops.add_(ops.mul_(sums, s.beta3), sliced_grad, alpha=sums_weight)
         partial = scaled(numerator, weight)
-        return (partial, ops.abs_sum(sums)), (*moments, exp_avg_sq, sums, p0)
+        return (partial, ops.abs_sum(sums)), (*moments, exp_avg_sq, sums, p0), None
 
     def finalize(self, sums: list[float] | None) -> dict[str, Any] | None:
         delta_numerator, denominator = sums if sums is not None else (0.0, 0.0)

@@ -82,10 +82,16 @@ def apply_accumulate(
     scalars: SimpleNamespace,
     update_params: bool,
 ) -> tuple[Any, ...] | None:
-    """Phase one of a reducing algorithm: advances the states, returns the partial sums."""
+    """Phase one of a reducing algorithm: advances the states, returns the partial sums.
+
+    Algorithms that move the parameters before the reduction (DAdaptLion) return a
+    ``step_into`` here, applied at once.
+    """
     grad, work = _prepare(ops, param, grad, states, scalars, update_params)
-    partials, new_states = optimizer.accumulate(ops, param, grad, work, scalars)
+    partials, new_states, step_into = optimizer.accumulate(ops, param, grad, work, scalars)
     _write_back(ops, states, new_states)
+    if step_into is not None and update_params:
+        store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
     return partials
 
 
