@@ -22,7 +22,7 @@ def test_golden_runs_and_official_package(run: str, backend: str) -> None:
     assert golden.max_diff(ours, official) == 0
     for mine, theirs in zip(optimizer.param_groups, official_optimizer.param_groups, strict=True):
         for key in GROUP_KEYS:
-            assert mine[key] == theirs[key], key
+            assert mine[key] == pytest.approx(theirs[key], rel=1e-12), key  # float64 sum order
     # the official package drifts from the golden files on this CPU (up to 1.4e-5 with beta1 = 0)
     assert golden.max_diff(ours, gold) <= golden.max_diff(official, gold) + 1e-9
     expected = golden.load("prodigy")["runs"][run]["group_trace"][-1][0]

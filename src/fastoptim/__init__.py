@@ -10,6 +10,7 @@ from fastoptim.algorithms import (
     Adan,
     DAdaptAdam,
     DAdaptLion,
+    DAdaptSGD,
     Lion,
     Prodigy,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "Adan",
     "DAdaptAdam",
     "DAdaptLion",
+    "DAdaptSGD",
     "Lion",
     "Optimizer",
     "Prodigy",

@@ -172,8 +172,10 @@ class Optimizer(torch.optim.Optimizer):
         """
         raise NotImplementedError
 
-    def update(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> Any:
-        """Reducing algorithms, phase two: returns ``step_into`` as :meth:`rule` does."""
+    def update(
+        self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
+    ) -> RuleResult:
+        """Reducing algorithms, phase two: ``(step_into, new_state)`` as :meth:`rule` returns."""
         raise NotImplementedError
 
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:

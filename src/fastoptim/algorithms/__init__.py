@@ -6,6 +6,7 @@ from fastoptim.algorithms.adan import Adan
 from fastoptim.algorithms.adopt import ADOPT
 from fastoptim.algorithms.dadapt_adam import DAdaptAdam
 from fastoptim.algorithms.dadapt_lion import DAdaptLion
+from fastoptim.algorithms.dadapt_sgd import DAdaptSGD
 from fastoptim.algorithms.lion import Lion
 from fastoptim.algorithms.prodigy import Prodigy
 from fastoptim.algorithms.sgd import SGD
@@ -20,6 +21,7 @@ __all__ = [
     "Adan",
     "DAdaptAdam",
     "DAdaptLion",
+    "DAdaptSGD",
     "Lion",
     "Prodigy",
 ]

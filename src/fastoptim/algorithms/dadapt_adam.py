@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from fastoptim.algorithms.distance import check_log_every, finalize_weighted_numerator, max_lr_of, scaled
-from fastoptim.optimizer import Optimizer, hyperparameters
+from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.validation import check_betas, check_bool, check_nonnegative, check_positive
 
 
@@ -149,7 +149,9 @@ class DAdaptAdam(Optimizer):
         growth_rate = self.param_groups[0]["growth_rate"]
         return {} if finalize_weighted_numerator(self, sums, growth_rate) else None
 
-    def update(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> Any:
+    def update(
+        self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
+    ) -> RuleResult:
         _, exp_avg, exp_avg_sq = state
         denom = ops.add_(ops.sqrt(exp_avg_sq), s.eps)
 
@@ -158,4 +160,4 @@ class DAdaptAdam(Optimizer):
                 target = ops.add_(target, param, alpha=s.neg_decay * s.dlr)
             return ops.addcdiv_(target, exp_avg, denom, value=-1.0)
 
-        return step_into
+        return step_into, state

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from fastoptim.algorithms.distance import max_lr_of, scaled
-from fastoptim.optimizer import Optimizer, hyperparameters
+from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.validation import check_betas, check_bool, check_positive, check_unit_interval
 
 
@@ -204,7 +204,9 @@ class Prodigy(Optimizer):
             group["k"] += 1
         return {"d_new": d}
 
-    def update(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> Any:
+    def update(
+        self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
+    ) -> RuleResult:
         *moments, exp_avg_sq, _, _ = state
         denom = ops.add_(ops.sqrt(exp_avg_sq), s.d_new * s.eps)
 
@@ -217,4 +219,4 @@ class Prodigy(Optimizer):
                 return target
             return ops.addcdiv_(target, grad, denom, value=-s.dlr * s.d_new)
 
-        return step_into
+        return step_into, state

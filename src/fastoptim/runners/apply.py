@@ -109,5 +109,6 @@ def apply_update(
     if not update_params:
         return
     grad, work = _prepare(ops, param, grad, states, scalars, update_params)
-    step_into = optimizer.update(ops, param, grad, work, scalars)
+    step_into, new_states = optimizer.update(ops, param, grad, work, scalars)
+    _write_back(ops, states, new_states)
     store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)

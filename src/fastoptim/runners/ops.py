@@ -154,6 +154,10 @@ class TensorOps:
         """Returns ``sum(|x|)`` as a 0-d tensor."""
         return torch.abs(x, out=self.workspace.take(x)).sum()
 
+    def square_sum(self, x: Tensor) -> Tensor:
+        """Returns ``sum(x * x)`` as a 0-d tensor."""
+        return torch.mul(x, x, out=self.workspace.take(x)).sum()
+
 
 def _is_scalar(y: object) -> bool:
     return isinstance(y, (int, float))
@@ -283,3 +287,7 @@ class ForeachOps:
     @staticmethod
     def abs_sum(x: TensorList) -> list[Tensor]:
         return [t.sum() for t in torch._foreach_abs(x)]
+
+    @staticmethod
+    def square_sum(x: TensorList) -> list[Tensor]:
+        return [t.sum() for t in torch._foreach_mul(x, x)]

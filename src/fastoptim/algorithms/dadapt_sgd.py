@@ -1,0 +1,155 @@
+"""D-Adaptation SGD: dual averaging with a learning rate estimated from the distance travelled."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastoptim.algorithms.distance import check_log_every, logger, max_lr_of, scaled
+from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.validation import check_bool, check_positive, check_unit_interval
+
+
+class DAdaptSGD(Optimizer):
+    r"""D-Adaptation SGD (Defazio & Mishchenko, ICML 2023), following dadaptation 3.2.
+
+    Dual averaging with step :math:`\delta = d\gamma / \lVert g_0 \rVert` (:math:`\gamma` = the
+    largest group lr, :math:`g_0` the first gradient) and primal averaging for momentum
+    :math:`\mu` (:math:`c = 1 - \mu`):
+
+    .. math::
+
+        N &\leftarrow N + \textstyle\sum \delta\,\langle g, s\rangle, \qquad
+        s \leftarrow s + \delta\, g \\
+        d &\leftarrow \max\big(d,\ \min(2N / \lVert s \rVert,\ d \cdot \text{growth\_rate})\big) \\
+        z &= x_0 - s, \qquad \theta \leftarrow (1 - c)\,\theta + c\, z
+
+    Advice from the authors: ``lr=1.0`` with the usual schedule; the SGD variant suits problems
+    where SGD works (vision); weight decay multiplies the small adapted lr, so try 2-4x larger.
+
+    Differences from the official code, each a bug there: an all-zero first gradient skips the
+    step (the official code raises ZeroDivisionError, dadaptation#4); a largest lr of 0 (a
+    schedule reaching 0) skips the update (the official 3.2 raises UnboundLocalError). Also:
+    ``p.grad`` is not modified by weight decay; gradient release is refused; the sums are read
+    once per step. As officially, the first-gradient norm leaves out weight decay, and
+    ``momentum``, ``weight_decay`` and ``growth_rate`` come from the first group.
+
+    Args:
+        params: Tensors to optimise or dicts defining parameter groups.
+        lr: Learning-rate multiplier :math:`\gamma` (default: 1.0).
+        momentum: Primal averaging :math:`\mu` in [0, 1) (default: 0).
+        weight_decay: L2 coefficient added to the gradient (default: 0).
+        log_every: Log d every this many steps; 0 disables (default: 0).
+        d0: Initial distance estimate (default: 1e-6).
+        growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
+        fsdp_in_use: Accepted for compatibility (default: False).
+        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+            (:class:`fastoptim.Optimizer`).
+    """
+
+    REDUCES = True
+    STATE_KEYS = ("z", "s", "x0")
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float | Tensor = 1.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        log_every: int = 0,
+        d0: float = 1e-6,
+        growth_rate: float = float("inf"),
+        fsdp_in_use: bool = False,
+        *,
+        kahan_sum: bool | None = None,
+        backend: str = "auto",
+        foreach: bool | None = None,
+        gradient_release: bool = False,
+    ) -> None:
+        check_positive(lr, "lr")
+        arguments = hyperparameters(locals())
+        super().__init__(params, **arguments, d=d0, k=0, numerator_weighted=0.0)
+
+    def check_group(self, group: dict[str, Any]) -> None:
+        check_unit_interval(group["momentum"], "momentum")
+        check_positive(group["d0"], "d0")
+        if not group["growth_rate"] >= 1.0:
+            raise ValueError(f"growth_rate must be >= 1, got {group['growth_rate']}")
+        check_log_every(group["log_every"])
+        check_bool(group["fsdp_in_use"], "fsdp_in_use")
+
+    def init_state(self, group: dict[str, Any], param: Tensor, key: str) -> Tensor:
+        if key in ("z", "x0"):
+            return param.detach().clone()
+        return super().init_state(group, param, key)
+
+    def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
+        return self.param_groups[0]["weight_decay"], 0.0
+
+    def global_scalars(self) -> dict[str, Any]:
+        first = self.param_groups[0]
+        lr = max_lr_of(self)
+        if first["k"] == 0:  # the first gradient's norm (without weight decay, as officially)
+            grads = [
+                p.grad
+                for g in self.param_groups
+                if float(g["lr"]) > 0
+                for p in g["params"]
+                if p.grad is not None
+            ]
+            total = torch.stack([(g * g).sum().to(torch.float64) for g in grads]).sum() if grads else None
+            g0_norm = math.sqrt(total.item()) if total is not None else 0.0
+            if g0_norm == 0.0:
+                return {"skip": True}
+            for group in self.param_groups:
+                group["g0_norm"] = g0_norm
+        return {"skip": False, "dlr": first["d"] * lr / first["g0_norm"], "max_lr": lr}
+
+    def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
+        return {"active": lr > 0.0, "averaging": 1.0 - self.param_groups[0]["momentum"]}
+
+    def accumulate(
+        self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
+    ) -> tuple[tuple[Any, ...] | None, tuple[Any, ...], None]:
+        if s.skip or not s.active:
+            return None, state, None
+        z, sums, x0 = state
+        numerator = scaled(ops.dot(grad, sums), s.dlr)
+        sums = ops.add_(sums, grad, alpha=s.dlr)
+        return (numerator, ops.square_sum(sums)), (z, sums, x0), None
+
+    def finalize(self, sums: list[float] | None) -> dict[str, Any] | None:
+        numerator_sum, squares = sums if sums is not None else (0.0, 0.0)
+        if squares == 0:
+            return None  # no gradient information, or the largest lr is 0: no update
+        first = self.param_groups[0]
+        numerator = first["numerator_weighted"] + numerator_sum
+        d = d_hat = first["d"]
+        if max_lr_of(self) > 0.0:
+            d_hat = 2 * numerator / math.sqrt(squares)
+            d = max(d, min(d_hat, d * first["growth_rate"]))
+        if first["log_every"] > 0 and first["k"] % first["log_every"] == 0:
+            logger.info("DAdaptSGD k=%d d_hat=%.3e d=%.3e numerator=%.3e", first["k"], d_hat, d, numerator)
+        for group in self.param_groups:
+            group["numerator_weighted"] = numerator
+            group["d"] = d
+            group["k"] += 1
+        return {}
+
+    def update(
+        self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
+    ) -> RuleResult:
+        z, sums, x0 = state
+        z = ops.add_scaled_into(z, x0, sums, -1.0)  # z = x0 - s
+
+        def step_into(target: Any) -> Any:
+            if target is param:
+                return ops.add_(ops.mul_(target, 1 - s.averaging), z, alpha=s.averaging)
+            return ops.add_(target, ops.sub(z, param), alpha=s.averaging)  # + c (z - p)
+
+        return step_into, (z, sums, x0)
