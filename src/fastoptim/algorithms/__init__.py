@@ -5,6 +5,7 @@ from fastoptim.algorithms.adamp import SGDP, AdamP
 from fastoptim.algorithms.adan import Adan
 from fastoptim.algorithms.adopt import ADOPT
 from fastoptim.algorithms.dadapt_adam import DAdaptAdam
+from fastoptim.algorithms.dadapt_adan import DAdaptAdan
 from fastoptim.algorithms.dadapt_lion import DAdaptLion
 from fastoptim.algorithms.dadapt_sgd import DAdaptSGD
 from fastoptim.algorithms.lion import Lion
@@ -20,6 +21,7 @@ __all__ = [
     "AdamW",
     "Adan",
     "DAdaptAdam",
+    "DAdaptAdan",
     "DAdaptLion",
     "DAdaptSGD",
     "Lion",

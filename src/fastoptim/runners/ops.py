@@ -154,6 +154,15 @@ class TensorOps:
         """Returns ``sum(|x|)`` as a 0-d tensor."""
         return torch.abs(x, out=self.workspace.take(x)).sum()
 
+    def square(self, x: Tensor) -> Tensor:
+        """Returns ``x * x``."""
+        return torch.mul(x, x, out=self.workspace.take(x))
+
+    @staticmethod
+    def div_sum(x: Tensor, y: Tensor) -> Tensor:
+        """Returns ``sum(x / y)`` as a 0-d tensor, dividing ``x`` in place (a temporary)."""
+        return x.div_(y).sum()
+
     def square_sum(self, x: Tensor) -> Tensor:
         """Returns ``sum(x * x)`` as a 0-d tensor."""
         return torch.mul(x, x, out=self.workspace.take(x)).sum()
@@ -287,6 +296,15 @@ class ForeachOps:
     @staticmethod
     def abs_sum(x: TensorList) -> list[Tensor]:
         return [t.sum() for t in torch._foreach_abs(x)]
+
+    @staticmethod
+    def square(x: TensorList) -> TensorList:
+        return list(torch._foreach_mul(x, x))
+
+    @staticmethod
+    def div_sum(x: TensorList, y: TensorList) -> list[Tensor]:
+        torch._foreach_div_(x, y)
+        return [t.sum() for t in x]
 
     @staticmethod
     def square_sum(x: TensorList) -> list[Tensor]:
