@@ -159,6 +159,30 @@ ALGORITHMS = {
             ),
         },
     ),
+    "dadapt_adam": (
+        "DAdaptAdam",
+        dict(growth_rate=1.0),
+        9,
+        {"official": ("dadaptation", "DAdaptAdam", dict(growth_rate=1.0))},
+    ),
+    "dadapt_sgd": (
+        "DAdaptSGD",
+        dict(growth_rate=1.0),
+        9,
+        {"official": ("dadaptation", "DAdaptSGD", dict(growth_rate=1.0))},
+    ),
+    "dadapt_lion": (
+        "DAdaptLion",
+        dict(lr=1e-3),
+        7,
+        {"official": ("dadaptation", "DAdaptLion", dict(lr=1e-3))},
+    ),
+    "dadapt_adan": (
+        "DAdaptAdan",
+        dict(growth_rate=1.0),
+        13,
+        {"official": ("dadaptation", "DAdaptAdan", dict(growth_rate=1.0))},
+    ),
     "sgdp": (
         "SGDP",
         dict(lr=1e-2, momentum=0.9, weight_decay=1e-4),
