@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import Tensor
 
-from fastoptim.algorithms.distance import check_log_every, finalize_weighted_numerator, max_lr_of, scaled
+from fastoptim.algorithms.distance import check_distance_group, finalize_weighted_numerator, max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
-from fastoptim.validation import check_betas, check_bool, check_nonnegative, check_positive
+from fastoptim.validation import check_betas, check_nonnegative, check_positive
 
 
 class DAdaptAdam(Optimizer):
@@ -96,13 +96,8 @@ class DAdaptAdam(Optimizer):
     def check_group(self, group: dict[str, Any]) -> None:
         check_betas(group["betas"], 2)
         check_positive(group["eps"], "eps")
-        check_positive(group["d0"], "d0")
+        check_distance_group(group)
         check_nonnegative(group["layer_scale"], "layer_scale")
-        if not group["growth_rate"] >= 1.0:
-            raise ValueError(f"growth_rate must be >= 1, got {group['growth_rate']}")
-        check_log_every(group["log_every"])
-        for flag in ("decouple", "use_bias_correction", "fsdp_in_use"):
-            check_bool(group[flag], flag)
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
         # coupled decay through the gradient; decoupled decay (scaled by d) in the update

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import Tensor
 
-from fastoptim.algorithms.distance import check_log_every, logger
+from fastoptim.algorithms.distance import check_distance_group, logger
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
-from fastoptim.validation import check_betas, check_bool, check_positive
+from fastoptim.validation import check_betas, check_positive
 
 
 class DAdaptAdan(Optimizer):
@@ -84,11 +84,7 @@ class DAdaptAdan(Optimizer):
     def check_group(self, group: dict[str, Any]) -> None:
         check_betas(group["betas"], 3)
         check_positive(group["eps"], "eps")
-        check_positive(group["d0"], "d0")
-        if not group["growth_rate"] >= 1.0:
-            raise ValueError(f"growth_rate must be >= 1, got {group['growth_rate']}")
-        check_log_every(group["log_every"])
-        check_bool(group["no_prox"], "no_prox")
+        check_distance_group(group)
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
         return 0.0, 0.0  # proximal or AdamW-style, scaled by d, in the update

@@ -8,9 +8,9 @@ from typing import Any
 
 from torch import Tensor
 
-from fastoptim.algorithms.distance import check_log_every, finalize_weighted_numerator, max_lr_of, scaled
+from fastoptim.algorithms.distance import check_distance_group, finalize_weighted_numerator, max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, hyperparameters
-from fastoptim.validation import check_betas, check_bool, check_nonnegative, check_positive
+from fastoptim.validation import check_betas, check_nonnegative
 
 
 class DAdaptLion(Optimizer):
@@ -77,9 +77,7 @@ class DAdaptLion(Optimizer):
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_betas(group["betas"], 2)
-        check_positive(group["d0"], "d0")
-        check_log_every(group["log_every"])
-        check_bool(group["fsdp_in_use"], "fsdp_in_use")
+        check_distance_group(group)
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
         return 0.0, 0.0  # decoupled, scaled by d, in the rule

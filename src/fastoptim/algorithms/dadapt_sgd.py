@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastoptim.algorithms.distance import check_log_every, logger, max_lr_of, scaled
+from fastoptim.algorithms.distance import check_distance_group, logger, max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
-from fastoptim.validation import check_bool, check_positive, check_unit_interval
+from fastoptim.validation import check_positive, check_unit_interval
 
 
 class DAdaptSGD(Optimizer):
@@ -77,11 +77,7 @@ class DAdaptSGD(Optimizer):
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_unit_interval(group["momentum"], "momentum")
-        check_positive(group["d0"], "d0")
-        if not group["growth_rate"] >= 1.0:
-            raise ValueError(f"growth_rate must be >= 1, got {group['growth_rate']}")
-        check_log_every(group["log_every"])
-        check_bool(group["fsdp_in_use"], "fsdp_in_use")
+        check_distance_group(group)
 
     def init_state(self, group: dict[str, Any], param: Tensor, key: str) -> Tensor:
         if key in ("z", "x0"):

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from fastoptim.optimizer import Optimizer
+from fastoptim.validation import check_bool, check_positive
 
 logger = logging.getLogger("fastoptim")
 
@@ -72,7 +73,17 @@ def finalize_weighted_numerator(optimizer: Optimizer, sums: list[float] | None, 
     return True
 
 
-def check_log_every(value: Any) -> None:
-    """``log_every`` must be an integer >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"log_every must be an integer >= 0, got {value!r}")
+def check_distance_group(group: dict[str, Any]) -> None:
+    """Checks the options the distance estimators share, where the class has them.
+
+    ``d0 > 0``, ``growth_rate >= 1``, ``log_every`` an integer >= 0, and the boolean flags.
+    """
+    check_positive(group["d0"], "d0")
+    if "growth_rate" in group and not group["growth_rate"] >= 1.0:
+        raise ValueError(f"growth_rate must be >= 1, got {group['growth_rate']}")
+    log_every = group.get("log_every", 0)
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 0:
+        raise ValueError(f"log_every must be an integer >= 0, got {log_every!r}")
+    for flag in ("decouple", "use_bias_correction", "safeguard_warmup", "fsdp_in_use", "no_prox"):
+        if flag in group:
+            check_bool(group[flag], flag)

@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastoptim.algorithms.distance import max_lr_of, scaled
+from fastoptim.algorithms.distance import check_distance_group, max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
-from fastoptim.validation import check_betas, check_bool, check_positive, check_unit_interval
+from fastoptim.validation import check_betas, check_positive, check_unit_interval
 
 
 class Prodigy(Optimizer):
@@ -107,15 +107,11 @@ class Prodigy(Optimizer):
         if group["beta3"] is not None:
             check_unit_interval(group["beta3"], "beta3")
         check_positive(group["eps"], "eps")
-        check_positive(group["d0"], "d0")
+        check_distance_group(group)
         check_positive(group["d_coef"], "d_coef")
-        if not group["growth_rate"] >= 1.0:
-            raise ValueError(f"growth_rate must be >= 1, got {group['growth_rate']}")
         slice_p = group["slice_p"]
         if isinstance(slice_p, bool) or not isinstance(slice_p, int) or slice_p < 1:
             raise ValueError(f"slice_p must be a positive integer, got {slice_p!r}")
-        for flag in ("decouple", "use_bias_correction", "safeguard_warmup", "fsdp_in_use"):
-            check_bool(group[flag], flag)
 
     def state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         if self.param_groups[0]["betas"][0] > 0:
