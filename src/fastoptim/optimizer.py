@@ -278,11 +278,10 @@ class Optimizer(torch.optim.Optimizer):
                 self._run(buckets, self.backend, update_params, apply_update)
         return loss
 
-    @staticmethod
-    def _run(buckets: list[Bucket], backend: str, update_params: bool, apply: Any) -> list[Any]:
+    def _run(self, buckets: list[Bucket], backend: str, update_params: bool, apply: Any) -> list[Any]:
         results = []
         for bucket in buckets:
-            results += get_runner(backend, bucket.device)(bucket.optimizer, bucket, update_params, apply)
+            results += get_runner(backend, bucket.device)(self, bucket, update_params, apply)
         return results
 
     def _prepare_buckets(
@@ -336,7 +335,6 @@ class Optimizer(torch.optim.Optimizer):
         scalars.__dict__.update(shared)
         scalars.__dict__.update(self.scalars(group, step, lr))
         return Bucket(
-            optimizer=self,
             device=p.device,
             dtype=p.dtype,
             scalars=scalars,

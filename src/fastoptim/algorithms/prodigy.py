@@ -130,10 +130,14 @@ class Prodigy(Optimizer):
         # coupled decay through the gradient; decoupled decay (scaled by d) in the update
         return (0.0 if group["decouple"] else group["weight_decay"]), 0.0
 
+    def _beta3(self) -> float:
+        first = self.param_groups[0]
+        return math.sqrt(first["betas"][1]) if first["beta3"] is None else first["beta3"]
+
     def global_scalars(self) -> dict[str, Any]:
         first = self.param_groups[0]
         beta1, beta2 = first["betas"]
-        beta3 = math.sqrt(beta2) if first["beta3"] is None else first["beta3"]
+        beta3 = self._beta3()
         k, d = first["k"], first["d"]
         lr = max_lr_of(self)
         correction = 1.0
@@ -186,8 +190,7 @@ class Prodigy(Optimizer):
         if denominator == 0:
             return None  # no gradient information yet: no update, k not advanced (as officially)
         first = self.param_groups[0]
-        beta2 = first["betas"][1]
-        beta3 = math.sqrt(beta2) if first["beta3"] is None else first["beta3"]
+        beta3 = self._beta3()
         d, d_max = first["d"], first["d_max"]
         numerator = first["d_numerator"] * beta3 + delta_numerator
         d_hat = first["d_coef"] * numerator / denominator

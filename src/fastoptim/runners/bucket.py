@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,7 +14,6 @@ class Bucket:
     """Parameters of one group with the same step count, device and dtype.
 
     Attributes:
-        optimizer: The optimizer whose rule the bucket runs.
         params: The parameters.
         grads: Their gradients.
         states: One list per state key (in ``state_keys`` order), aligned with ``params``.
@@ -24,7 +22,6 @@ class Bucket:
         scalars: The step's scalars, shared by every parameter of the bucket.
     """
 
-    optimizer: Any
     device: torch.device
     dtype: torch.dtype
     scalars: SimpleNamespace
