@@ -278,6 +278,8 @@ DADAPT_CASES = [
         "DAdaptAdam",
         dict(lr=1.0, weight_decay=0.05, decouple=True, growth_rate=2.0, d0=1e-5),
     ),
+    ("dadapt_adagrad", "DAdaptAdaGrad", dict(lr=1.0, d0=1e-3)),
+    ("dadapt_adagrad_momentum_wd", "DAdaptAdaGrad", dict(lr=1.0, momentum=0.9, weight_decay=0.01, d0=1e-3)),
 ]
 CASES += [
     Case(

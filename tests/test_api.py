@@ -129,6 +129,16 @@ def test_param_groups_weight_decay() -> None:
         ("AdamW", fastoptim.AdamW),
         ("s-g-d", fastoptim.SGD),
         ("LION", fastoptim.Lion),
+        ("adopt", fastoptim.ADOPT),
+        ("adan", fastoptim.Adan),
+        ("adamp", fastoptim.AdamP),
+        ("sgdp", fastoptim.SGDP),
+        ("prodigy", fastoptim.Prodigy),
+        ("dadapt_sgd", fastoptim.DAdaptSGD),
+        ("dadapt_adam", fastoptim.DAdaptAdam),
+        ("dadapt-adagrad", fastoptim.DAdaptAdaGrad),
+        ("DAdaptLion", fastoptim.DAdaptLion),
+        ("dadapt_adan", fastoptim.DAdaptAdan),
     ],
 )
 def test_create_optimizer_by_name(name: str, cls: type) -> None:

@@ -41,6 +41,12 @@ OPTIMIZERS = {
         ("head",),
         ("d", "k", "numerator_weighted", "g0_norm"),
     ),
+    "dadapt_adagrad": (
+        fastoptim.DAdaptAdaGrad,
+        dadaptation.DAdaptAdaGrad,
+        (),
+        ("d", "k", "gsq_weighted", "sksq_weighted", "skl1"),
+    ),
     "dadapt_adan": (fastoptim.DAdaptAdan, dadaptation.DAdaptAdan, (), ("d", "k", "gsq_weighted")),
 }
 RUNS = [

@@ -93,6 +93,9 @@ class Optimizer(torch.optim.Optimizer):
     #: True for algorithms with a global reduction: ``accumulate`` / ``finalize`` / ``update``
     #: replace ``rule`` (D-Adaptation, Prodigy).
     REDUCES: ClassVar[bool] = False
+    #: Extra per-parameter buffers for sparse gradients; None (default) rejects sparse gradients.
+    #: Sparse gradients run on the loop runner and get no L2 term (as the official DAdaptAdaGrad).
+    SPARSE_STATE_KEYS: ClassVar[tuple[str, ...] | None] = None
     #: Optimizer attributes (beyond groups and state) that pickling and deepcopy keep.
     PICKLED_ATTRIBUTES: ClassVar[tuple[str, ...]] = ()
 
@@ -281,7 +284,8 @@ class Optimizer(torch.optim.Optimizer):
     def _run(self, buckets: list[Bucket], backend: str, update_params: bool, apply: Any) -> list[Any]:
         results = []
         for bucket in buckets:
-            results += get_runner(backend, bucket.device)(self, bucket, update_params, apply)
+            runner = get_runner("loop" if bucket.sparse else backend, bucket.device)
+            results += runner(self, bucket, update_params, apply)
         return results
 
     def _prepare_buckets(
@@ -289,26 +293,27 @@ class Optimizer(torch.optim.Optimizer):
     ) -> list[Bucket]:
         """Checks gradients, initialises missing state, counts the step, buckets the parameters.
 
-        Buckets group parameters by (step, device, dtype): the unit the runners work on.
+        Buckets group parameters by (step, device, dtype, sparse gradient): the unit the runners
+        work on.
         """
-        name = type(self).__name__
-        for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{name} does not support sparse gradients")
+        if self.SPARSE_STATE_KEYS is None and any(p.grad.is_sparse for p in params):
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
         lr = float(group["lr"])
-        keys = self.state_keys(group)
+        dense_keys = self.state_keys(group)
         kahan_allowed = group["kahan_sum"] is not False
-        buckets: dict[tuple[int, torch.device, torch.dtype], Bucket] = {}
+        buckets: dict[tuple[int, torch.device, torch.dtype, bool], Bucket] = {}
         for p in params:
+            sparse = p.grad.is_sparse
+            keys = (*dense_keys, *self.SPARSE_STATE_KEYS) if sparse else dense_keys
             state = self.state[p]
             for key in keys:
                 if key not in state:
                     state[key] = self.init_state(group, p, key)
             step = state["step"] = state.get("step", 0) + 1
-            bucket = buckets.get((step, p.device, p.dtype))
+            bucket = buckets.get((step, p.device, p.dtype, sparse))
             if bucket is None:
                 bucket = self._new_bucket(group, step, lr, p, len(keys), kahan_allowed, shared)
-                buckets[(step, p.device, p.dtype)] = bucket
+                buckets[(step, p.device, p.dtype, sparse)] = bucket
             bucket.params.append(p)
             bucket.grads.append(p.grad)
             for column, key in zip(bucket.states, keys, strict=True):
@@ -330,7 +335,10 @@ class Optimizer(torch.optim.Optimizer):
         shared: dict[str, Any],
     ) -> Bucket:
         low_precision = is_low_precision(p.dtype)
+        sparse = p.grad.is_sparse
         l2, decay_rate = self.weight_decay_terms(group, lr)
+        if sparse:
+            l2 = 0.0
         scalars = SimpleNamespace(lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision)
         scalars.__dict__.update(shared)
         scalars.__dict__.update(self.scalars(group, step, lr))
@@ -340,6 +348,7 @@ class Optimizer(torch.optim.Optimizer):
             scalars=scalars,
             states=[[] for _ in range(n_states)],
             kahan_comps=[] if low_precision and kahan_allowed else None,
+            sparse=sparse,
         )
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:

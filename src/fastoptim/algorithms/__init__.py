@@ -4,6 +4,7 @@ from fastoptim.algorithms.adam import Adam, AdamW
 from fastoptim.algorithms.adamp import SGDP, AdamP
 from fastoptim.algorithms.adan import Adan
 from fastoptim.algorithms.adopt import ADOPT
+from fastoptim.algorithms.dadapt_adagrad import DAdaptAdaGrad
 from fastoptim.algorithms.dadapt_adam import DAdaptAdam
 from fastoptim.algorithms.dadapt_adan import DAdaptAdan
 from fastoptim.algorithms.dadapt_lion import DAdaptLion
@@ -20,6 +21,7 @@ __all__ = [
     "AdamP",
     "AdamW",
     "Adan",
+    "DAdaptAdaGrad",
     "DAdaptAdam",
     "DAdaptAdan",
     "DAdaptLion",

@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastoptim.algorithms.distance import check_distance_group, logger, max_lr_of, scaled
+from fastoptim.algorithms.distance import (
+    check_distance_group,
+    logger,
+    max_lr_of,
+    primal_average_step,
+    scaled,
+)
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.validation import check_positive, check_unit_interval
 
@@ -142,10 +148,4 @@ class DAdaptSGD(Optimizer):
     ) -> RuleResult:
         z, sums, x0 = state
         z = ops.add_scaled_into(z, x0, sums, -1.0)  # z = x0 - s
-
-        def step_into(target: Any) -> Any:
-            if target is param:
-                return ops.add_(ops.mul_(target, 1 - s.averaging), z, alpha=s.averaging)
-            return ops.add_(target, ops.sub(z, param), alpha=s.averaging)  # + c (z - p)
-
-        return step_into, (z, sums, x0)
+        return primal_average_step(ops, param, z, s.averaging), (z, sums, x0)

@@ -36,6 +36,21 @@ def scaled(value: Any, factor: float) -> Any:
     return value.to(torch.float64) * factor
 
 
+def primal_average_step(ops: Any, param: Any, z: Any, averaging: float) -> Any:
+    """The ``step_into`` of primal averaging: ``p ← (1 - c) p + c z`` (``p ← z`` when ``c == 1``).
+
+    On the parameter itself this is the official ``p.mul_(1 - c).add_(z, alpha=c)``; on a Kahan
+    buffer or a float32 copy it adds ``c (z - p)``.
+    """
+
+    def step_into(target: Any) -> Any:
+        if target is param:
+            return ops.add_(ops.mul_(target, 1 - averaging), z, alpha=averaging)
+        return ops.add_(target, ops.sub(z, param), alpha=averaging)
+
+    return step_into
+
+
 def finalize_weighted_numerator(optimizer: Optimizer, sums: list[float] | None, growth_rate: float) -> bool:
     """The D-Adaptation Adam/Lion estimate from the step's sums ``[A, L]``.
 

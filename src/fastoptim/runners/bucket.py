@@ -20,6 +20,7 @@ class Bucket:
         kahan_comps: Kahan compensation buffers aligned with ``params``, or None when the
             bucket is not Kahan-summed.
         scalars: The step's scalars, shared by every parameter of the bucket.
+        sparse: Whether the gradients are sparse (such buckets always run on the loop runner).
     """
 
     device: torch.device
@@ -29,6 +30,7 @@ class Bucket:
     grads: list[Tensor] = field(default_factory=list)
     states: list[list[Tensor]] = field(default_factory=list)
     kahan_comps: list[Tensor] | None = None
+    sparse: bool = False
 
     def __len__(self) -> int:
         return len(self.params)

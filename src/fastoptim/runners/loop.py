@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from fastoptim.runners.apply import Apply, apply_rule
@@ -16,9 +17,9 @@ BLOCK_ELEMENTS = 1 << 20
 
 
 def _blockable(tensors: tuple[Tensor | None, ...], numel: int) -> bool:
-    """Large, contiguous, and every state shaped like the parameter (not Prodigy's slices)."""
+    """Large, dense, contiguous, and every state shaped like the parameter (not Prodigy's slices)."""
     return numel > BLOCK_ELEMENTS and all(
-        t is None or (t.is_contiguous() and t.numel() == numel) for t in tensors
+        t is None or (t.layout == torch.strided and t.is_contiguous() and t.numel() == numel) for t in tensors
     )
 
 

@@ -133,7 +133,9 @@ class TensorOps:
         return torch.div(x, y, out=self.workspace.take(x))
 
     def to_fp32(self, x: Tensor) -> Tensor:
-        """Returns a float32 copy of a low-precision tensor."""
+        """Returns a float32 copy of a low-precision tensor (sparse ones stay sparse)."""
+        if x.is_sparse:
+            return x.float()
         return self.workspace.take(x, torch.float32).copy_(x)
 
     @staticmethod
