@@ -31,7 +31,7 @@ BAD_HYPERPARAMETERS = [
     (fastoptim.Adam, dict(lr=1e-3, decouple_wd=1), TypeError, "decouple_wd"),
     (fastoptim.Adam, dict(lr=1e-3, kahan_sum="yes"), TypeError, "kahan_sum"),
     (fastoptim.Adam, dict(lr=1e-3, backend="cuda"), ValueError, "backend"),
-    (fastoptim.Adam, dict(lr=1e-3, backend="compiled"), ValueError, "backend"),
+    (fastoptim.Adam, dict(lr=1e-3, backend="triton"), ValueError, "backend"),
     (fastoptim.Adam, dict(lr=1e-3, backend="loop", foreach=True), ValueError, "foreach"),
     (fastoptim.Adam, dict(lr=1e-3, gradient_release=None), TypeError, "gradient_release"),
     (fastoptim.SGD, dict(lr=-0.1), ValueError, "lr"),

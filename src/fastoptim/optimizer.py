@@ -96,6 +96,9 @@ class Optimizer(torch.optim.Optimizer):
     #: Extra per-parameter buffers for sparse gradients; None (default) rejects sparse gradients.
     #: Sparse gradients run on the loop runner and get no L2 term (as the official DAdaptAdaGrad).
     SPARSE_STATE_KEYS: ClassVar[tuple[str, ...] | None] = None
+    #: True when the rule needs each parameter's shape (AdamP's projection); otherwise the
+    #: compiled runner passes flattened tensors, so that one graph serves every shape.
+    NEEDS_SHAPES: ClassVar[bool] = False
     #: Optimizer attributes (beyond groups and state) that pickling and deepcopy keep.
     PICKLED_ATTRIBUTES: ClassVar[tuple[str, ...]] = ()
 

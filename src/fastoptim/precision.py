@@ -20,6 +20,8 @@ from typing import Any
 
 import torch
 
+from fastoptim.scalars import is_set
+
 LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
@@ -51,14 +53,14 @@ def store(
     if kahan_comp is not None:
         # In float32: y = c + Δ - rate·p;  s = p + y;  p' = round(s);  c' = s - p'.
         comp = ops.to_fp32(kahan_comp)
-        if decay_rate:
+        if is_set(decay_rate):
             comp = ops.add_(comp, param, alpha=-decay_rate)
         comp = ops.add_(step_into(comp), param)
         ops.copy_(param, comp)
         ops.copy_(kahan_comp, ops.sub_(comp, param))
         return
     target = ops.to_fp32(param) if low_precision else param
-    if decay_rate:
+    if is_set(decay_rate):
         target = ops.mul_(target, 1.0 - decay_rate)
     result = step_into(target)
     if result is not param:

@@ -10,6 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_bool, check_nonnegative, check_unit_interval
 
 
@@ -72,6 +73,7 @@ class AdamP(Optimizer):
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
+    NEEDS_SHAPES = True
 
     def __init__(
         self,
@@ -128,7 +130,7 @@ class AdamP(Optimizer):
         rate = ops.each(ratio, lambda r: s.decay * r)
 
         def step_into(target: Any) -> Any:
-            if not s.decay:
+            if not is_set(s.decay):
                 return ops.add_(target, update, alpha=s.neg_step_size)
             return _decayed_step(ops, param, target, rate, update, s.neg_step_size)
 
@@ -171,6 +173,7 @@ class SGDP(Optimizer):
     """
 
     STATE_KEYS = ("momentum",)
+    NEEDS_SHAPES = True
 
     def __init__(
         self,
@@ -220,8 +223,9 @@ class SGDP(Optimizer):
         rate = ops.each(ratio, lambda r: s.decay * r / s.momentum_comp)
 
         def step_into(target: Any) -> Any:
-            if not s.decay:
+            if not is_set(s.decay):
                 return ops.add_(target, update, alpha=s.neg_lr)
             return _decayed_step(ops, param, target, rate, update, s.neg_lr)
 
-        return step_into, (buffer,)
+        # as officially, the projection also rewrites the momentum buffer when it is the update
+        return step_into, (buffer if s.nesterov else update,)

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_bool, check_nonnegative
 
 
@@ -128,13 +129,13 @@ class Adan(Optimizer):
         max_norm = self.defaults["max_grad_norm"]
         grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
         if max_norm <= 0 or not grads:
-            return {"clip": 1.0}
+            return {"clip": 1.0, "clipping": False}
         total = torch.zeros(1, dtype=torch.float32, device=grads[0].device)
         for grad in grads:
             total.add_(grad.to(torch.float32).pow(2).sum().to(total.device))
         norm = torch.sqrt(total)
         clip = torch.clamp(max_norm / (norm + self.param_groups[-1]["eps"]), max=1.0)
-        return {"clip": clip.item()}
+        return {"clip": clip.item(), "clipping": True}
 
     def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
         beta1, beta2, beta3 = group["betas"]
@@ -160,7 +161,7 @@ class Adan(Optimizer):
         exp_avg, exp_avg_sq, exp_avg_diff, neg_pre_grad = state
         if s.first:  # no previous gradient: the difference starts at 0
             neg_pre_grad = ops.scale_into(neg_pre_grad, grad, -s.clip)
-        if s.clip != 1.0:
+        if s.clipping:
             grad = ops.mul(grad, s.clip)
         # neg_pre_grad holds -g_{k-1}; it becomes the difference, then g + beta2 * difference
         # (in place: no temporaries), and finally -g_k for the next step.
@@ -179,13 +180,13 @@ class Adan(Optimizer):
                 # proximal step as an increment: (p + u) / (1 + decay) - p
                 moved = ops.addcdiv_(ops.to_fp32(param), direction, denom, value=s.neg_step_size)
                 return ops.add_(target, ops.sub_(ops.div_(moved, 1.0 + s.decay), param))
-            if s.decay and s.no_prox:
+            if is_set(s.decay) and s.no_prox:
                 if target is param:
                     target = ops.mul_(target, 1.0 - s.decay)
                 else:
                     target = ops.add_(target, param, alpha=-s.decay)
             target = ops.addcdiv_(target, direction, denom, value=s.neg_step_size)
-            if s.decay and not s.no_prox:
+            if is_set(s.decay) and not s.no_prox:
                 target = ops.div_(target, 1.0 + s.decay)
             return target
 

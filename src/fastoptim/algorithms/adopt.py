@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_bool, check_nonnegative
 
 
@@ -131,7 +132,7 @@ class ADOPT(Optimizer):
         exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, value=s.beta2_comp)
 
         def step_into(target: Any) -> Any:
-            if s.neg_decay:
+            if is_set(s.neg_decay):
                 target = ops.add_(target, param, alpha=s.neg_decay)
             return ops.add_(target, exp_avg, alpha=s.neg_lr)
 

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from fastoptim.algorithms.distance import check_distance_group, finalize_weighted_numerator, max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_nonnegative, check_positive
 
 
@@ -151,7 +152,7 @@ class DAdaptAdam(Optimizer):
         denom = ops.add_(ops.sqrt(exp_avg_sq), s.eps)
 
         def step_into(target: Any) -> Any:
-            if s.neg_decay:
+            if is_set(s.neg_decay):
                 target = ops.add_(target, param, alpha=s.neg_decay * s.dlr)
             return ops.addcdiv_(target, exp_avg, denom, value=-1.0)
 

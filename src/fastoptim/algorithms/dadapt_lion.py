@@ -10,6 +10,7 @@ from torch import Tensor
 
 from fastoptim.algorithms.distance import check_distance_group, finalize_weighted_numerator, max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, hyperparameters
+from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_nonnegative
 
 
@@ -103,7 +104,7 @@ class DAdaptLion(Optimizer):
         sums = ops.add_(ops.mul_(sums, s.sqrt_beta2), update, alpha=(1 - s.sqrt_beta2) * dlr)
 
         def step_into(target: Any) -> Any:
-            if s.weight_decay:
+            if is_set(s.weight_decay):
                 if target is param:
                     target = ops.mul_(target, 1 - dlr * s.weight_decay)
                 else:

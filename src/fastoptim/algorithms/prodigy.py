@@ -12,6 +12,7 @@ from torch import Tensor
 
 from fastoptim.algorithms.distance import check_distance_group, max_lr_of, scaled
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_positive, check_unit_interval
 
 
@@ -210,7 +211,7 @@ class Prodigy(Optimizer):
         denom = ops.add_(ops.sqrt(exp_avg_sq), s.d_new * s.eps)
 
         def step_into(target: Any) -> Any:
-            if s.neg_decay:
+            if is_set(s.neg_decay):
                 target = ops.add_(target, param, alpha=s.neg_decay * s.dlr)
             if moments:
                 return ops.addcdiv_(target, moments[0], denom, value=-s.dlr)

@@ -9,6 +9,7 @@ from typing import Any
 from torch import Tensor
 
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.scalars import is_set
 from fastoptim.validation import check_bool, check_unit_interval
 
 
@@ -84,5 +85,7 @@ class SGD(Optimizer):
             return (lambda target: ops.add_(target, grad, alpha=s.neg_lr)), ()
         (buffer,) = state
         buffer = ops.add_(ops.mul_(buffer, s.momentum), grad, alpha=s.grad_weight)
-        direction = ops.add(grad, buffer, alpha=s.nesterov_momentum) if s.nesterov_momentum else buffer
+        direction = buffer
+        if is_set(s.nesterov_momentum):
+            direction = ops.add(grad, buffer, alpha=s.nesterov_momentum)
         return (lambda target: ops.add_(target, direction, alpha=s.neg_lr)), (buffer,)

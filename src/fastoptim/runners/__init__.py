@@ -13,14 +13,15 @@ from typing import Any
 import torch
 
 from fastoptim.runners.bucket import Bucket
+from fastoptim.runners.compiled import run_compiled
 from fastoptim.runners.foreach import run_foreach
 from fastoptim.runners.loop import run_loop
 
 Runner = Callable[..., list[Any]]
 
-RUNNERS: dict[str, Runner] = {"loop": run_loop, "foreach": run_foreach}
+RUNNERS: dict[str, Runner] = {"loop": run_loop, "foreach": run_foreach, "compiled": run_compiled}
 #: Backends named in the API that later releases add; selecting one now is a clear error.
-PLANNED_BACKENDS = ("compiled", "triton")
+PLANNED_BACKENDS = ("triton",)
 BACKENDS = ("auto", *RUNNERS)
 
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from fastoptim.precision import store
+from fastoptim.scalars import is_set
 
 #: ``apply(optimizer, ops, param, grad, states, kahan_comp, scalars, update_params)``.
 Apply = Callable[..., Any]
@@ -26,7 +27,7 @@ def _prepare(
     if scalars.low_precision:
         grad = ops.to_fp32(grad)
         states = tuple(ops.to_fp32(s) for s in states)
-    if update_params and scalars.l2:
+    if update_params and is_set(scalars.l2):
         grad = ops.add(grad, param, alpha=scalars.l2)
     return grad, states
 
