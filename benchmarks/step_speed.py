@@ -24,11 +24,13 @@ import importlib
 import platform
 import random
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from fastoptim.bench.roofline import ELEMENTS_PER_PARAM, measure_bandwidth, roofline_bytes_per_param
+from fastoptim.bench.speed import make_params, time_interleaved
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -40,8 +42,6 @@ class Config:
     algorithm: str
     name: str
     build: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
-    #: Elements per parameter the step must read or write at minimum (Kahan adds 2).
-    elements: int
 
 
 def _peer(module: str, name: str, **kwargs):
@@ -56,13 +56,13 @@ def _peer(module: str, name: str, **kwargs):
 ADAM = dict(lr=1e-3, betas=(0.9, 0.99), eps=1e-6)
 SGD = dict(lr=1e-2, momentum=0.9)
 
-#: algorithm -> (fastoptim class, its kwargs, minimum bytes per element / dtype size, peers).
-#: Peers: name -> (module, class, kwargs); "official" marks the authors' package.
+#: algorithm -> (fastoptim class, its kwargs, peers); the bytes each step must move are in
+#: fastoptim.bench.roofline. Peers: name -> (module, class, kwargs); "official" marks the authors'
+#: package.
 ALGORITHMS = {
     "adam": (
         "Adam",
         ADAM,
-        7,
         {
             "torch foreach": ("torch.optim", "Adam", {**ADAM, "foreach": True}),
             "torch fused": ("torch.optim", "Adam", {**ADAM, "fused": True}),
@@ -74,7 +74,6 @@ ALGORITHMS = {
     "adamw": (
         "AdamW",
         {**ADAM, "weight_decay": 1e-2},
-        7,
         {
             "torch foreach": ("torch.optim", "AdamW", {**ADAM, "weight_decay": 1e-2, "foreach": True}),
             "torch fused": ("torch.optim", "AdamW", {**ADAM, "weight_decay": 1e-2, "fused": True}),
@@ -86,7 +85,6 @@ ALGORITHMS = {
     "sgd": (
         "SGD",
         SGD,
-        5,
         {
             "torch foreach": ("torch.optim", "SGD", {**SGD, "foreach": True}),
             "torch fused": ("torch.optim", "SGD", {**SGD, "fused": True}),
@@ -98,7 +96,6 @@ ALGORITHMS = {
     "lion": (
         "Lion",
         dict(lr=1e-4, weight_decay=1e-2),
-        5,
         {
             "optimi loop": ("optimi", "Lion", dict(lr=1e-4, weight_decay=1e-2, foreach=False, triton=False)),
             "optimi foreach": (
@@ -112,7 +109,6 @@ ALGORITHMS = {
     "adopt": (
         "ADOPT",
         dict(lr=1e-3),
-        7,
         {
             "official loop": ("adopt", "ADOPT", dict(lr=1e-3, foreach=False)),
             "official foreach": ("adopt", "ADOPT", dict(lr=1e-3, foreach=True)),
@@ -122,7 +118,6 @@ ALGORITHMS = {
     "adan": (
         "Adan",
         dict(lr=1e-3, weight_decay=0.02),
-        11,
         {
             "pytorch-optimizer loop": (
                 "pytorch_optimizer",
@@ -139,7 +134,6 @@ ALGORITHMS = {
     "adamp": (
         "AdamP",
         dict(lr=1e-3, weight_decay=1e-2),
-        7,
         {
             "official": ("adamp", "AdamP", dict(lr=1e-3, weight_decay=1e-2)),
             "pytorch-optimizer": ("pytorch_optimizer", "AdamP", dict(lr=1e-3, weight_decay=1e-2)),
@@ -149,7 +143,6 @@ ALGORITHMS = {
     "prodigy": (
         "Prodigy",
         dict(lr=1.0, weight_decay=1e-2, growth_rate=1.0),
-        10,
         {
             "official": ("prodigyopt", "Prodigy", dict(lr=1.0, weight_decay=1e-2, growth_rate=1.0)),
             "pytorch-optimizer": (
@@ -162,31 +155,26 @@ ALGORITHMS = {
     "dadapt_adam": (
         "DAdaptAdam",
         dict(growth_rate=1.0),
-        9,
         {"official": ("dadaptation", "DAdaptAdam", dict(growth_rate=1.0))},
     ),
     "dadapt_sgd": (
         "DAdaptSGD",
         dict(growth_rate=1.0),
-        9,
         {"official": ("dadaptation", "DAdaptSGD", dict(growth_rate=1.0))},
     ),
     "dadapt_lion": (
         "DAdaptLion",
         dict(lr=1e-3),
-        7,
         {"official": ("dadaptation", "DAdaptLion", dict(lr=1e-3))},
     ),
     "dadapt_adan": (
         "DAdaptAdan",
         dict(growth_rate=1.0),
-        13,
         {"official": ("dadaptation", "DAdaptAdan", dict(growth_rate=1.0))},
     ),
     "sgdp": (
         "SGDP",
         dict(lr=1e-2, momentum=0.9, weight_decay=1e-4),
-        5,
         {
             "official": ("adamp", "SGDP", dict(lr=1e-2, momentum=0.9, weight_decay=1e-4)),
             "pytorch-optimizer": (
@@ -202,48 +190,13 @@ ALGORITHMS = {
 def configs() -> list[Config]:
     """fastoptim's backends and the peers, per algorithm, with matching hyperparameters."""
     out = []
-    for algorithm, (class_name, kwargs, elements, peers) in ALGORITHMS.items():
-        for backend in ("loop", "foreach"):
+    for algorithm, (class_name, kwargs, peers) in ALGORITHMS.items():
+        for backend in ("loop", "foreach", "compiled"):
             build = _peer("fastoptim", class_name, **kwargs, backend=backend)
-            out.append(Config(algorithm, f"fastoptim {backend}", build, elements))
+            out.append(Config(algorithm, f"fastoptim {backend}", build))
         for name, (module, peer_class, peer_kwargs) in peers.items():
-            out.append(Config(algorithm, name, _peer(module, peer_class, **peer_kwargs), elements))
+            out.append(Config(algorithm, name, _peer(module, peer_class, **peer_kwargs)))
     return out
-
-
-def make_params(n_params: int, n_tensors: int, dtype: torch.dtype, seed: int) -> list[torch.Tensor]:
-    """Half square weight matrices, half bias vectors, about ``n_params`` elements in all."""
-    layers = n_tensors // 2
-    width = int((n_params / layers) ** 0.5)
-    generator = torch.Generator().manual_seed(seed)
-    params = []
-    for _ in range(layers):
-        for shape in ((width, width), (width,)):
-            p = torch.nn.Parameter(torch.randn(shape, generator=generator).to(dtype))
-            p.grad = torch.randn(shape, generator=generator).to(dtype) * 1e-2
-            params.append(p)
-    return params
-
-
-def measure_bandwidth(n_bytes: int, rounds: int = 15) -> float:
-    """Best median bandwidth (bytes/s) of streaming kernels over ``n_bytes`` of float32 buffers."""
-    n = max(n_bytes // 4 // 3, 1)
-    a, b, c = torch.rand(n), torch.rand(n), torch.empty(n)
-    kernels = {
-        "add (2 reads, 1 write)": (lambda: torch.add(a, b, alpha=0.5, out=c), 3),
-        "in-place add (2 reads, 1 write)": (lambda: a.add_(b, alpha=1e-9), 3),
-        "copy (1 read, 1 write)": (lambda: c.copy_(a), 2),
-    }
-    best = 0.0
-    for kernel, arrays in kernels.values():
-        kernel()
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            kernel()
-            times.append(time.perf_counter() - start)
-        best = max(best, arrays * n * 4 / statistics.median(times))
-    return best
 
 
 def time_configs(selected: list[Config], params: list[torch.Tensor], args: argparse.Namespace) -> dict:
@@ -257,15 +210,9 @@ def time_configs(selected: list[Config], params: list[torch.Tensor], args: argpa
         except (RuntimeError, ValueError, TypeError) as error:
             print(f"  skipped {config.algorithm} {config.name}: {str(error).splitlines()[0]}")
             continue
-        runs.append((config, optimizer, []))
-    for round_index in range(args.rounds):
-        # rotate the order every round: the first slot of a round runs on a colder cache
-        shift = round_index % len(runs)
-        for _config, optimizer, times in runs[shift:] + runs[:shift]:
-            start = time.perf_counter()
-            optimizer.step()
-            times.append(time.perf_counter() - start)
-    return {(c.algorithm, c.name): statistics.median(t) for c, _o, t in runs}
+        runs.append((config, optimizer))
+    medians = time_interleaved([optimizer.step for _config, optimizer in runs], args.rounds)
+    return {(c.algorithm, c.name): median for (c, _o), median in zip(runs, medians, strict=True)}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -275,7 +222,6 @@ def run(args: argparse.Namespace) -> None:
     )
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
-        size = torch.finfo(dtype).bits // 8
         selected = [c for c in configs() if c.algorithm in args.algorithms]
         # One set of parameters and gradients for every configuration (steps with lr <= 1e-2 on
         # gradients of 1e-2 keep them finite), so that only optimizer states differ in placement.
@@ -310,8 +256,9 @@ def run(args: argparse.Namespace) -> None:
             peers = [t for c, t in rows if not c.name.startswith("fastoptim") and "fused" not in c.name]
             best_peer = min(peers) if peers else float("nan")
             for config, seconds in rows:
-                kahan = 1 if dtype != torch.float32 and config.name.startswith(("fastoptim", "optimi")) else 0
-                per_param = size * (config.elements + 2 * kahan)
+                kahan = dtype != torch.float32 and config.name.startswith(("fastoptim", "optimi"))
+                elements = ELEMENTS_PER_PARAM[ALGORITHMS[algorithm][0]]
+                per_param = roofline_bytes_per_param(elements, dtype, kahan)
                 roofline = per_param * n_params / bandwidth
                 print(
                     f"| {algorithm} | {config.name} | {per_param} | {seconds * 1e3:.2f} | "
