@@ -62,9 +62,7 @@ def _step(
     return apply(algorithm, CompiledOps, param, grad, states, comp, scalars, update_params)
 
 
-_compiled_step = torch.compile(
-    _step, dynamic=True, fullgraph=True, options={"emulate_precision_casts": True}
-)
+_compiled_step = torch.compile(_step, dynamic=True, fullgraph=True, options={"emulate_precision_casts": True})
 _ALGORITHMS: dict[type, Any] = {}
 
 
