@@ -114,6 +114,7 @@ BAD_OPTIONS = {
     "zero steps": ["bench", "--steps", "0"],
     "steps not a number": ["bench", "--steps", "many"],
     "negative seed": ["bench", "--seed", "-1"],
+    "zero threads": ["bench", "--threads", "0"],
     "unknown optimizer": ["bench", "--optimizers", "adamw", "nosuch"],
     "unknown backend": ["bench", "--backends", "loop", "nosuch"],
     "unknown dtype": ["bench", "--dtype", "fp8"],

@@ -94,11 +94,11 @@ def plot_step_times(results: dict[str, Any], path: Path) -> None:
     axis.set_yticks(range(len(entries)), [e["name"] for e in entries])
     axis.invert_yaxis()
     axis.set_xlabel("ms per optimizer.step() (labels: multiple of the roofline)")
-    speed = results["speed"]
+    speed, settings, environment = results["speed"], results["settings"], results["environment"]
+    threads = f" ({settings['threads']} threads)" if environment["device"] == "cpu" else ""
     axis.set_title(
-        f"{speed['parameters'] / 1e6:.2f}M parameters in {speed['tensors']} tensors, "
-        f"{results['settings']['dtype']}, {results['environment']['device_name']}, "
-        f"{speed['bandwidth_bytes_per_second'] / 1e9:.1f} GB/s",
+        f"{speed['parameters'] / 1e6:.2f}M parameters in {speed['tensors']} tensors, {settings['dtype']}, "
+        f"{environment['device_name']}{threads}, {speed['bandwidth_bytes_per_second'] / 1e9:.1f} GB/s",
         fontsize=9,
     )
     axis.grid(axis="x", alpha=0.3)

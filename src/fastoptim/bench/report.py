@@ -29,11 +29,21 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
+def _cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo on Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and machine, so that results can be compared knowingly."""
-    name = platform.processor() or platform.machine()
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
     return {
         "fastoptim": fastoptim.__version__,
         "torch": torch.__version__,
@@ -70,6 +80,7 @@ def optimizer_entry(train: TrainResult, speeds: Sequence[SpeedResult]) -> dict[s
                 "seconds_per_step": s.seconds,
                 "roofline_seconds": s.roofline_seconds,
                 "roofline_multiple": s.roofline_multiple,
+                "rounds": s.rounds,
                 "error": s.error,
             }
             for s in speeds
@@ -143,7 +154,7 @@ def format_header(results: dict[str, Any]) -> str:
     model = settings["model"]
     lines = [
         f"fastoptim {env['fastoptim']}, torch {env['torch']}, Python {env['python']}, "
-        f"{env['device']} ({env['device_name']}, {env['threads']} threads)",
+        f"{env['device']} ({env['device_name']}), {settings['threads']} of {env['threads']} CPU threads",
         f"training: {data['corpus']} corpus ({data['train_bytes']:,} training and "
         f"{data['validation_bytes']:,} validation bytes from {data['documents']} documents), "
         f"{settings['steps']} steps of {settings['batch_size']} x {model['context']} bytes, "
@@ -154,7 +165,7 @@ def format_header(results: dict[str, Any]) -> str:
         lines.append(
             f"step speed: {speed['parameters'] / 1e6:.2f}M parameters in {speed['tensors']} tensors, "
             f"{settings['dtype']}, bandwidth {speed['bandwidth_bytes_per_second'] / 1e9:.1f} GB/s, "
-            f"median of {speed['rounds']} interleaved steps"
+            f"median of up to {speed['rounds']} interleaved steps"
         )
     return "\n".join(lines)
 

@@ -15,8 +15,8 @@ from fastoptim.bench.data import load_corpus
 from fastoptim.bench.progress import progress_bar
 from fastoptim.bench.report import build_results, write_json
 from fastoptim.bench.settings import DTYPES, OptimizerSpec, Preset
-from fastoptim.bench.speed import speed_section
-from fastoptim.bench.task import Batches, train
+from fastoptim.bench.speed import SpeedResult, speed_section
+from fastoptim.bench.task import Batches, TrainResult, train
 
 JSON_FILE = "results.json"
 LOSS_PLOT = "loss_curves.png"
@@ -39,8 +39,8 @@ class Options:
     output: Path
     seed: int
     quiet: bool
-    #: Intra-op threads while training (the speed section uses torch's default).
-    train_threads: int
+    #: torch's CPU threads for the whole run.
+    threads: int
 
     def settings(self) -> dict[str, Any]:
         """The options as the JSON results record them."""
@@ -58,18 +58,37 @@ class Options:
             "backends": self.backends,
             "train_backend": self.backends[0],
             "seed": self.seed,
-            "train_threads": self.train_threads,
+            "threads": self.threads,
         }
 
 
 def run(options: Options) -> dict[str, Any]:
     """Trains every optimizer, times every optimizer on every backend, returns the results."""
     start = time.perf_counter()
+    corpus = load_corpus(options.task, options.preset.corpus_bytes)
+    batches = Batches.draw(corpus, options.preset, options.preset.steps, options.seed)
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(options.threads)
+    try:
+        trains, speed, speeds = _sections(options, batches, start)
+    finally:
+        torch.set_num_threads(default_threads)
+    return build_results(
+        device=options.device,
+        settings=options.settings(),
+        data=corpus.summary(),
+        speed=speed,
+        trains=trains,
+        speeds=speeds,
+        wall_seconds=time.perf_counter() - start,
+    )
+
+
+def _sections(
+    options: Options, batches: Batches, start: float
+) -> tuple[list[TrainResult], dict[str, Any] | None, list[SpeedResult]]:
+    """The convergence section, then the speed section (unless its size is 0)."""
     preset, dtype, show = options.preset, DTYPES[options.dtype], not options.quiet
-    corpus = load_corpus(options.task, preset.corpus_bytes)
-    batches = Batches.draw(corpus, preset, preset.steps, options.seed)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(options.train_threads)
     with progress_bar(len(options.specs) * preset.steps, "training", show) as bar:
         trains = [
             train(
@@ -84,8 +103,7 @@ def run(options: Options) -> dict[str, Any]:
             )
             for spec in options.specs
         ]
-    torch.set_num_threads(threads)
-    log(f"training: {time.perf_counter() - start:.0f} s", options.quiet)
+    log(f"training: {time.perf_counter() - start:.1f} s", options.quiet)
     speed, speeds = None, []
     if preset.speed_params > 0:
         speed_start = time.perf_counter()
@@ -99,19 +117,12 @@ def run(options: Options) -> dict[str, Any]:
                 device=options.device,
                 rounds=preset.speed_rounds,
                 warmup=preset.speed_warmup,
+                seconds=preset.speed_seconds,
                 seed=options.seed,
                 progress=bar,
             )
-        log(f"step speed: {time.perf_counter() - speed_start:.0f} s", options.quiet)
-    return build_results(
-        device=options.device,
-        settings=options.settings(),
-        data=corpus.summary(),
-        speed=speed,
-        trains=trains,
-        speeds=speeds,
-        wall_seconds=time.perf_counter() - start,
-    )
+        log(f"step speed: {time.perf_counter() - speed_start:.1f} s", options.quiet)
+    return trains, speed, speeds
 
 
 def write_outputs(results: dict[str, Any], output: Path) -> list[Path]:

@@ -43,6 +43,8 @@ class SpeedResult:
     roofline_bytes_per_param: int
     #: False when the optimizer is missing from the roofline table and its bytes are estimated.
     roofline_known: bool
+    #: Timed steps the median was taken over (fewer than asked when steps are slow).
+    rounds: int
     error: str | None = None
 
     @property
@@ -94,6 +96,10 @@ def time_interleaved(
     return [statistics.median(t) for t in times]
 
 
+#: The fewest timed steps per backend, however slow the steps.
+MIN_ROUNDS = 3
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
@@ -106,23 +112,34 @@ def time_optimizer(
     bandwidth: float,
     rounds: int,
     warmup: int,
+    seconds: float,
 ) -> list[SpeedResult]:
-    """Times ``spec`` on each backend over ``params``; a backend that fails is reported, not raised."""
+    """Times ``spec`` on each backend over ``params``; a backend that fails is reported, not raised.
+
+    Takes ``rounds`` timed steps per backend after ``warmup`` untimed ones, or fewer (at least
+    :data:`MIN_ROUNDS`) where the last warm-up steps say they would take over ``seconds`` in all:
+    on a loaded machine, the section then still ends in bounded time.
+    """
     device = params[0].device
     dtype = params[0].dtype
     n_params = sum(p.numel() for p in params)
     built: list[tuple[str, torch.optim.Optimizer]] = []
     errors: dict[str, str] = {}
+    round_seconds = 0.0
     for backend in backends:
         try:
             optimizer = spec.build(params, backend, fixed_gradients=True)
-            for _ in range(warmup):
+            for _ in range(max(warmup, 1)):
+                synchronize(device)
+                start = time.perf_counter()
                 optimizer.step()
-            synchronize(device)
+                synchronize(device)
+            round_seconds += time.perf_counter() - start
         except (RuntimeError, ValueError, TypeError, NotImplementedError) as error:
             errors[backend] = _first_line(error)
             continue
         built.append((backend, optimizer))
+    rounds = max(MIN_ROUNDS, min(rounds, int(seconds / max(round_seconds, 1e-9))))
     tensors = state_size(built[0][1])[1] if built else 0
     elements, known = elements_per_param(spec.cls.__name__, tensors)
     per_param = roofline_bytes_per_param(elements, dtype, is_low_precision(dtype))
@@ -130,7 +147,8 @@ def time_optimizer(
     times = time_interleaved([optimizer.step for _, optimizer in built], rounds, device) if built else []
     medians = dict(zip([backend for backend, _ in built], times, strict=True))
     return [
-        SpeedResult(spec.name, b, medians.get(b), roofline, per_param, known, errors.get(b)) for b in backends
+        SpeedResult(spec.name, b, medians.get(b), roofline, per_param, known, rounds, errors.get(b))
+        for b in backends
     ]
 
 
@@ -144,6 +162,7 @@ def speed_section(
     device: torch.device,
     rounds: int,
     warmup: int,
+    seconds: float,
     seed: int,
     progress: Any,
 ) -> tuple[dict[str, Any], list[SpeedResult]]:
@@ -161,7 +180,7 @@ def speed_section(
     results: list[SpeedResult] = []
     for spec in specs:
         params = make_params(n_params, n_tensors, dtype, seed, device)
-        results += time_optimizer(spec, backends, params, bandwidth, rounds, warmup)
+        results += time_optimizer(spec, backends, params, bandwidth, rounds, warmup, seconds)
         del params
         gc.collect()
         progress.update(1)
