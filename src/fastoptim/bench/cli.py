@@ -167,7 +167,7 @@ def make_options(args: argparse.Namespace) -> Options:
     if speed_params is None:
         speed_params = preset.speed_params if device.type == "cpu" else preset.speed_params_accelerator
     preset = dataclasses.replace(preset, steps=args.steps or preset.steps, speed_params=speed_params)
-    return Options(
+    options = Options(
         specs=optimizer_specs(args.optimizers),
         task=args.task,
         preset_name=args.preset,
@@ -180,6 +180,11 @@ def make_options(args: argparse.Namespace) -> Options:
         quiet=args.quiet,
         threads=args.threads,
     )
+    try:  # last, so that a bad option leaves no folder behind; before the work, so that it is not lost
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"--output {args.output}: cannot create the folder ({error.strerror})") from None
+    return options
 
 
 def bench(args: argparse.Namespace) -> int:

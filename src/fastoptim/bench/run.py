@@ -103,7 +103,7 @@ def _sections(
             )
             for spec in options.specs
         ]
-    log(f"training: {time.perf_counter() - start:.1f} s", options.quiet)
+    log(f"training took {time.perf_counter() - start:.1f} s", options.quiet)
     speed, speeds = None, []
     if preset.speed_params > 0:
         speed_start = time.perf_counter()
@@ -121,7 +121,7 @@ def _sections(
                 seed=options.seed,
                 progress=bar,
             )
-        log(f"step speed: {time.perf_counter() - speed_start:.1f} s", options.quiet)
+        log(f"step speed took {time.perf_counter() - speed_start:.1f} s", options.quiet)
     return trains, speed, speeds
 
 

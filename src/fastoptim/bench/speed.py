@@ -179,6 +179,7 @@ def speed_section(
     bandwidth = measure_bandwidth(n_actual * 4 * ELEMENTS_PER_PARAM["Adam"], device=device)
     results: list[SpeedResult] = []
     for spec in specs:
+        progress.set_postfix_str(spec.name, refresh=True)
         params = make_params(n_params, n_tensors, dtype, seed, device)
         results += time_optimizer(spec, backends, params, bandwidth, rounds, warmup, seconds)
         del params
