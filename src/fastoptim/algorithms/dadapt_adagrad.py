@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastoptim.algorithms.distance import check_distance_group, logger, primal_average_step
+from fastoptim.algorithms.distance import check_distance_group, first_group_dlr, logger, primal_average_step
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
-from fastoptim.validation import check_positive
+from fastoptim.validation import check_positive, check_unit_interval
 
 #: The official initial value of the squared-gradient sum, whatever ``eps`` is.
 ALPHA_INIT = 1e-6
@@ -107,9 +107,7 @@ class DAdaptAdaGrad(Optimizer):
         super().__init__(params, **arguments, d=d0, k=0, gsq_weighted=0.0, sksq_weighted=0.0, skl1=0.0)
 
     def check_group(self, group: dict[str, Any]) -> None:
-        momentum = group["momentum"]
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        check_unit_interval(group["momentum"], "momentum")
         check_positive(group["eps"], "eps")
         check_distance_group(group)
 
@@ -120,12 +118,8 @@ class DAdaptAdaGrad(Optimizer):
             return param.detach().clone(memory_format=torch.preserve_format)
         return super().init_state(group, param, key)
 
-    def _dlr(self) -> float:
-        first = self.param_groups[0]
-        return first["d"] * float(first["lr"])
-
     def global_scalars(self) -> dict[str, Any]:
-        return {"dlr": self._dlr(), "averaging": 1.0 - self.param_groups[0]["momentum"]}
+        return {"dlr": first_group_dlr(self), "averaging": 1.0 - self.param_groups[0]["momentum"]}
 
     def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
         return {"eps": group["eps"]}
@@ -179,7 +173,7 @@ class DAdaptAdaGrad(Optimizer):
         l1 = first["skl1"] + l1_change
         if l1 == 0:
             return None  # no gradient information yet (as officially, nothing is stored)
-        dlr = self._dlr()
+        dlr = first_group_dlr(self)
         gsq_weighted = first["gsq_weighted"] + dlr * dlr * grad_sq
         d = d_hat = first["d"]
         if float(first["lr"]) > 0.0:

@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import Tensor
 
-from fastoptim.algorithms.distance import check_distance_group, logger
+from fastoptim.algorithms.distance import check_distance_group, first_group_dlr, logger
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.validation import check_betas, check_positive
 
@@ -101,16 +101,12 @@ class DAdaptAdan(Optimizer):
                 for key in ("s", "exp_avg", "exp_avg_diff", "exp_avg_sq"):
                     state[key].zero_()
 
-    def _dlr(self) -> float:
-        first = self.param_groups[0]
-        return first["d"] * float(first["lr"])
-
     def global_scalars(self) -> dict[str, Any]:
         beta1, beta2, beta3 = self.param_groups[0]["betas"]
-        return {"beta1": beta1, "beta2": beta2, "beta3": beta3, "dlr": self._dlr()}
+        return {"beta1": beta1, "beta2": beta2, "beta3": beta3, "dlr": first_group_dlr(self)}
 
     def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
-        dlr = self._dlr()
+        dlr = first_group_dlr(self)
         return {
             "first": step == 1,
             "eps": group["eps"],
@@ -144,7 +140,7 @@ class DAdaptAdan(Optimizer):
         grad_sq, weighted_sq, l1 = sums if sums is not None else (0.0, 0.0, 0.0)
         first = self.param_groups[0]
         beta3 = first["betas"][2]
-        dlr = self._dlr()
+        dlr = first_group_dlr(self)
         gsq_weighted = beta3 * first["gsq_weighted"] + grad_sq * (dlr**2) * (1 - beta3)
         if l1 == 0:
             return None

@@ -29,6 +29,12 @@ def max_lr_of(optimizer: Optimizer, hint: str = "") -> float:
     return lr
 
 
+def first_group_dlr(optimizer: Optimizer) -> float:
+    """``d * lr`` of the first group: the step scale of DAdaptAdaGrad and DAdaptAdan."""
+    first = optimizer.param_groups[0]
+    return first["d"] * float(first["lr"])
+
+
 def scaled(value: Any, factor: float) -> Any:
     """``factor * value`` in float64 (0-d tensor, or a list of them), as the official host sums."""
     if isinstance(value, list):

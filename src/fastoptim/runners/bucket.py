@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -34,3 +35,9 @@ class Bucket:
 
     def __len__(self) -> int:
         return len(self.params)
+
+    def tensors(self) -> Iterator[tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor | None]]:
+        """Per parameter: ``(param, grad, states, kahan_comp or None)``, what a runner applies."""
+        rows = zip(*self.states, strict=True) if self.states else [()] * len(self)
+        comps = self.kahan_comps or [None] * len(self)
+        return zip(self.params, self.grads, rows, comps, strict=True)

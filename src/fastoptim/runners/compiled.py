@@ -105,14 +105,11 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
         What ``apply`` returned, per tensor (partial sums in a reduction phase).
     """
     scalars = _tensor_scalars(bucket.scalars)
-    count = len(bucket.params)
-    rows = list(zip(*bucket.states, strict=True)) if bucket.states else [()] * count
-    comps = bucket.kahan_comps or [None] * count
     flatten = not optimizer.NEEDS_SHAPES
     algorithm = _algorithm(optimizer)
     results = []
     with _recompile_limit():
-        for param, grad, states, comp in zip(bucket.params, bucket.grads, rows, comps, strict=True):
+        for param, grad, states, comp in bucket.tensors():
             param, grad, comp = (_as_input(t, flatten) for t in (param, grad, comp))
             states = tuple(_as_input(t, flatten) for t in states)
             results.append(

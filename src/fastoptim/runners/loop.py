@@ -32,11 +32,8 @@ def run_loop(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply =
     workspace = optimizer.workspace
     ops = TensorOps(workspace)
     scalars = bucket.scalars
-    count = len(bucket.params)
-    rows = list(zip(*bucket.states, strict=True)) if bucket.states else [()] * count
-    comps = bucket.kahan_comps or [None] * count
     results = []
-    for param, grad, states, comp in zip(bucket.params, bucket.grads, rows, comps, strict=True):
+    for param, grad, states, comp in bucket.tensors():
         numel = param.numel()
         if not _blockable((param, grad, *states, comp), numel):
             results.append(apply(optimizer, ops, param, grad, states, comp, scalars, update_params))
