@@ -18,7 +18,11 @@ from collections.abc import Callable
 import torch
 
 #: Elements per parameter one step reads or writes at least once, keyed by optimizer class name
-#: (SGD and SGDP with momentum). Adam: read p, g, m, v and write p, m, v.
+#: (SGD and SGDP with momentum). Adam: read p, g, m, v and write p, m, v. Where a step's update
+#: needs a global statistic of the same step (Prodigy's new ``d`` in its ``eps`` term), the
+#: minimum is two passes: the first reads what the statistic needs, the second the rest. The other
+#: D-Adaptation updates use only the previous step's ``d``, so one pass is their minimum: the
+#: reductions for the next ``d`` can ride along.
 ELEMENTS_PER_PARAM: dict[str, int] = {
     "Adam": 7,
     "AdamW": 7,
@@ -28,11 +32,15 @@ ELEMENTS_PER_PARAM: dict[str, int] = {
     "Lion": 5,
     "SGD": 5,
     "SGDP": 5,
-    "Prodigy": 10,
+    # pass 1: read g, p, p0, s, write s; pass 2: read g, m, v, p, write m, v, p
+    "Prodigy": 12,
     "DAdaptAdam": 9,
     "DAdaptAdan": 13,
     "DAdaptLion": 7,
-    "DAdaptSGD": 9,
+    # read p, g, s, x0; write p, s, z (z = x0 - s is written, never read)
+    "DAdaptSGD": 7,
+    # read p, g, alpha, s, x0; write p, alpha, s
+    "DAdaptAdaGrad": 8,
 }
 
 
