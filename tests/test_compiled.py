@@ -14,6 +14,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import fastoptim
+from fastoptim.runners.compiled import CHUNK_SIZES
 from tests.cases import CASES, LOW_PRECISION_CASES, Case
 from tests.problems import make_batches, make_model, max_abs_diff, params_of, train, twin
 
@@ -90,3 +91,23 @@ def test_sparse_gradients_fall_back_to_the_loop_runner() -> None:
             opt.step()
             opt.zero_grad()
     assert torch.equal(embedding.weight, reference_embedding.weight)
+
+
+@pytest.mark.parametrize("name", ["AdamW", "DAdaptAdam"])
+def test_models_larger_than_a_chunk_equal_the_loop(name: str) -> None:
+    """Buckets longer than one chunk (16 tensors): full chunks, then single tensors."""
+    assert CHUNK_SIZES == (16, 1)
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(7, 3), (5,), (2, 3, 4)] * 6 + [(11,)]  # 19 tensors: one chunk of 16, then 3 of 1
+    start = [torch.randn(shape, generator=generator) for shape in shapes]
+    grads = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(4)]
+    results = []
+    for backend in ("compiled", "loop"):
+        params = [torch.nn.Parameter(tensor.clone()) for tensor in start]
+        optimizer = getattr(fastoptim, name)(params, lr=1e-2, weight_decay=1e-2, backend=backend)
+        for step_grads in grads:
+            for param, grad in zip(params, step_grads, strict=True):
+                param.grad = grad.clone()
+            optimizer.step()
+        results.append([param.detach() for param in params])
+    assert max_abs_diff(*results) <= 1e-6

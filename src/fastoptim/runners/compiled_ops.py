@@ -6,7 +6,8 @@ buffers the kernel writes. Scalars that change from step to step (learning rate,
 corrections, distance estimates) arrive as 0-d float64 tensors, so a new value does not
 recompile: ``alpha``/``value`` keywords, which torch only accepts as Python numbers, become
 multiplications, and ``lerp`` weights are cast to the tensor's dtype, as torch casts a Python
-weight.
+weight. ``lerp`` is written out as ``x + w (y - x)`` (torch's formula for ``|w| < 0.5``): torch's
+two-sided formula puts a branch on the weight into every element of the kernel.
 """
 
 from __future__ import annotations
@@ -59,11 +60,11 @@ class CompiledOps:
 
     @staticmethod
     def lerp_(x: Tensor, y: Tensor, weight: Scalar) -> Tensor:
-        return x.lerp_(y, _weight(weight, x))
+        return x.add_((y - x) * _weight(weight, x))
 
     @staticmethod
     def lerp(x: Tensor, y: Tensor, weight: Scalar) -> Tensor:
-        return torch.lerp(x, y, _weight(weight, x))
+        return x + (y - x) * _weight(weight, x)
 
     @staticmethod
     def addcmul_(x: Tensor, a: Tensor, b: Tensor, *, value: Scalar = 1.0) -> Tensor:
