@@ -14,6 +14,7 @@ Usage::
 
     python benchmarks/step_speed.py                       # fp32 and bf16, all algorithms
     python benchmarks/step_speed.py --dtypes fp32 --algorithms adam --rounds 40
+    python benchmarks/step_speed.py --dtypes fp32 --implementations "fastoptim compiled" "torch fused"
 """
 
 from __future__ import annotations
@@ -172,6 +173,11 @@ ALGORITHMS = {
         dict(growth_rate=1.0),
         {"official": ("dadaptation", "DAdaptAdan", dict(growth_rate=1.0))},
     ),
+    "dadapt_adagrad": (
+        "DAdaptAdaGrad",
+        dict(growth_rate=1.0),
+        {"official": ("dadaptation", "DAdaptAdaGrad", dict(growth_rate=1.0))},
+    ),
     "sgdp": (
         "SGDP",
         dict(lr=1e-2, momentum=0.9, weight_decay=1e-4),
@@ -222,7 +228,11 @@ def run(args: argparse.Namespace) -> None:
     )
     for dtype_name in args.dtypes:
         dtype = DTYPES[dtype_name]
-        selected = [c for c in configs() if c.algorithm in args.algorithms]
+        selected = [
+            c
+            for c in configs()
+            if c.algorithm in args.algorithms and (not args.implementations or c.name in args.implementations)
+        ]
         # One set of parameters and gradients for every configuration (steps with lr <= 1e-2 on
         # gradients of 1e-2 keep them finite), so that only optimizer states differ in placement.
         params = make_params(args.params, args.tensors, dtype, seed=0)
@@ -279,6 +289,12 @@ def main() -> None:
         nargs="+",
         default=list(ALGORITHMS),
         choices=list(ALGORITHMS),
+    )
+    parser.add_argument(
+        "--implementations",
+        nargs="+",
+        default=None,
+        help='only these, e.g. "fastoptim compiled" "torch fused" (default: all)',
     )
     run(parser.parse_args())
 
