@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.fx.experimental import _config as symbolic_shapes_config
 
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
@@ -106,9 +107,11 @@ def _compile_settings() -> Iterator[None]:
     config = torch._dynamo.config
     limits = {}
     for names in (_PER_FUNCTION_LIMIT, _ACCUMULATED_LIMIT):  # renamed in torch 2.6
-        name = next(name for name in names if hasattr(config, name))
-        limits[name] = max(RECOMPILE_LIMIT, getattr(config, name))
-    with config.patch(limits), torch.fx.experimental._config.patch(use_duck_shape=False):
+        for name in names:
+            if hasattr(config, name):
+                limits[name] = max(RECOMPILE_LIMIT, getattr(config, name))
+                break
+    with config.patch(limits), symbolic_shapes_config.patch(use_duck_shape=False):
         yield
 
 
