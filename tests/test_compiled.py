@@ -43,7 +43,7 @@ def test_compiled_equals_loop_float64_and_float32(case: Case) -> None:
     assert max_abs_diff(compiled, loop) <= tolerance
 
 
-BF16_CASES = [c for c in LOW_PRECISION_CASES if c.name in ("adamw", "lion", "adan", "sgdp")]
+BF16_CASES = [c for c in LOW_PRECISION_CASES if c.name in ("adamw", "lion", "adan", "adan_prox_clip", "sgdp")]
 
 
 @pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: c.name)

@@ -176,7 +176,7 @@ class Adan(Optimizer):
             denom = ops.add_(ops.sqrt(exp_avg_sq), s.eps_hat)
             # m / b1 + beta2 d / b2 in one tensor, then one addcdiv
             direction = ops.add(exp_avg, exp_avg_diff, alpha=s.diff_ratio)
-            if target is not param and s.decay and not s.no_prox:
+            if target is not param and is_set(s.decay) and not s.no_prox:
                 # proximal step as an increment: (p + u) / (1 + decay) - p
                 moved = ops.addcdiv_(ops.to_fp32(param), direction, denom, value=s.neg_step_size)
                 return ops.add_(target, ops.sub_(ops.div_(moved, 1.0 + s.decay), param))
