@@ -11,6 +11,19 @@ from torch import nn
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def tiny_mlp(seed: int = 0, inputs: int = 5) -> nn.Module:
+    """A seeded ``inputs -> 8 -> 2`` tanh MLP, for optimizer-behaviour tests."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(inputs, 8), nn.Tanh(), nn.Linear(8, 2))
+
+
+def backward_random_batch(model: nn.Module, seed: int, inputs: int = 5) -> None:
+    """Fresh gradients: the mean square output on a seeded batch of 16 random inputs."""
+    generator = torch.Generator().manual_seed(seed)
+    model.zero_grad(set_to_none=True)
+    model(torch.randn(16, inputs, generator=generator)).pow(2).mean().backward()
+
+
 def make_model(dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.Module:
     """An MLP with 2-D weights, biases and a LayerNorm (1-D parameters)."""
     torch.manual_seed(seed)

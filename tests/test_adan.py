@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import fastoptim
+from tests.problems import backward_random_batch, tiny_mlp
 from tests.reference import golden
 
 # v2022_* runs are the first public version; same maths, 6e-8 from HEAD (kept out: not the contract).
@@ -23,22 +24,10 @@ def test_golden_runs(run: str, backend: str) -> None:
     assert [g["step"] for g in optimizer.state_dict()["param_groups"]] == [g["step"] for g in expected_groups]
 
 
-def _model():
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
-
-
-def _backward(model, seed=1):
-    generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(16, 4, generator=generator)
-    model.zero_grad(set_to_none=True)
-    model(x).pow(2).mean().backward()
-
-
 def test_group_step_counts_calls_even_without_gradients() -> None:
-    model = _model()
+    model = tiny_mlp(inputs=4)
     optimizer = fastoptim.Adan([{"params": model[0].parameters()}, {"params": model[2].parameters()}])
-    _backward(model)
+    backward_random_batch(model, 1, inputs=4)
     for p in model[2].parameters():
         p.grad = None
     optimizer.step()
@@ -49,9 +38,9 @@ def test_group_step_counts_calls_even_without_gradients() -> None:
 
 
 def test_gradient_difference_is_zero_at_first_step() -> None:
-    model = _model()
+    model = tiny_mlp(inputs=4)
     optimizer = fastoptim.Adan(model.parameters(), lr=1e-2)
-    _backward(model)
+    backward_random_batch(model, 1, inputs=4)
     grads = [p.grad.clone() for p in model.parameters()]
     optimizer.step()
     for p, g in zip(model.parameters(), grads, strict=True):
@@ -65,7 +54,7 @@ def test_global_clip_covers_all_groups_and_leaves_grads_alone() -> None:
     """Clipping by the norm of all groups' gradients equals pre-scaling every gradient by
     min(max_norm / (norm + eps_of_last_group), 1) without clipping."""
     max_norm, eps = 0.05, 1e-6
-    clipped, reference = _model(), _model()
+    clipped, reference = tiny_mlp(inputs=4), tiny_mlp(inputs=4)
     groups = lambda m: [  # noqa: E731
         {"params": m[0].parameters(), "lr": 0.0},
         {"params": m[2].parameters(), "eps": eps},
@@ -73,8 +62,8 @@ def test_global_clip_covers_all_groups_and_leaves_grads_alone() -> None:
     ours = fastoptim.Adan(groups(clipped), lr=1e-2, max_grad_norm=max_norm)
     manual = fastoptim.Adan(groups(reference), lr=1e-2)
     for seed in range(3):
-        _backward(clipped, seed)
-        _backward(reference, seed)
+        backward_random_batch(clipped, seed, inputs=4)
+        backward_random_batch(reference, seed, inputs=4)
         raw = [p.grad.clone() for p in clipped.parameters()]
         norm = torch.sqrt(sum(g.pow(2).sum() for g in raw))
         factor = min(max_norm / (norm.item() + eps), 1.0)
@@ -86,14 +75,14 @@ def test_global_clip_covers_all_groups_and_leaves_grads_alone() -> None:
         assert all(torch.equal(p.grad, g) for p, g in zip(clipped.parameters(), raw, strict=True))
     for a, b in zip(clipped.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
-    assert torch.equal(clipped[0].weight, _model()[0].weight), "lr = 0 group did not move"
+    assert torch.equal(clipped[0].weight, tiny_mlp(inputs=4)[0].weight), "lr = 0 group did not move"
 
 
 def test_restart_opt() -> None:
-    model = _model()
+    model = tiny_mlp(inputs=4)
     optimizer = fastoptim.Adan(model.parameters(), lr=1e-2)
     for seed in range(3):
-        _backward(model, seed)
+        backward_random_batch(model, seed, inputs=4)
         optimizer.step()
     optimizer.restart_opt()
     assert optimizer.param_groups[0]["step"] == 0
@@ -101,7 +90,7 @@ def test_restart_opt() -> None:
         for key in ("exp_avg", "exp_avg_sq", "exp_avg_diff"):
             assert torch.equal(optimizer.state[p][key], torch.zeros_like(p))
         assert optimizer.state[p]["neg_pre_grad"].abs().sum() > 0
-    _backward(model, 5)
+    backward_random_batch(model, 5, inputs=4)
     optimizer.step()
     assert optimizer.param_groups[0]["step"] == 1
     for p in model.parameters():
@@ -109,11 +98,11 @@ def test_restart_opt() -> None:
 
 
 def test_frozen_and_gradless_parameters_are_skipped() -> None:
-    model = _model()
+    model = tiny_mlp(inputs=4)
     model[0].bias.requires_grad_(False)
     before = model[0].bias.detach().clone()
     optimizer = fastoptim.Adan(model.parameters(), lr=1e-2, weight_decay=0.1)
-    _backward(model)
+    backward_random_batch(model, 1, inputs=4)
     model[2].bias.grad = None
     untouched = model[2].bias.detach().clone()
     optimizer.step()
@@ -122,14 +111,14 @@ def test_frozen_and_gradless_parameters_are_skipped() -> None:
 
 
 def test_bad_arguments() -> None:
-    params = _model().parameters()
+    params = tiny_mlp(inputs=4).parameters()
     with pytest.raises(ValueError, match="max_grad_norm"):
         fastoptim.Adan(params, max_grad_norm=-1.0)
     with pytest.raises(ValueError, match="gradient_release"):
-        fastoptim.Adan(_model().parameters(), max_grad_norm=1.0, gradient_release=True)
+        fastoptim.Adan(tiny_mlp(inputs=4).parameters(), max_grad_norm=1.0, gradient_release=True)
     with pytest.raises(ValueError, match=r"betas"):
-        fastoptim.Adan(_model().parameters(), betas=(0.9, 0.9))
+        fastoptim.Adan(tiny_mlp(inputs=4).parameters(), betas=(0.9, 0.9))
     with pytest.raises(ValueError, match=r"betas\[2\]"):
-        fastoptim.Adan(_model().parameters(), betas=(0.9, 0.9, 1.0))
+        fastoptim.Adan(tiny_mlp(inputs=4).parameters(), betas=(0.9, 0.9, 1.0))
     with pytest.raises(ValueError, match="fused"):
-        fastoptim.Adan(_model().parameters(), fused=True)
+        fastoptim.Adan(tiny_mlp(inputs=4).parameters(), fused=True)

@@ -8,21 +8,11 @@ import pytest
 import torch
 
 import fastoptim
-
-
-def _model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
-
-
-def _backward(model: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    model.zero_grad(set_to_none=True)
-    model(torch.randn(16, 5, generator=generator)).pow(2).mean().backward()
+from tests.problems import backward_random_batch, tiny_mlp
 
 
 def test_zero_gradients_do_not_divide_by_zero_or_move() -> None:
-    model = _model()
+    model = tiny_mlp()
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = fastoptim.DAdaptAdam(model.parameters())
     for p in model.parameters():
@@ -33,21 +23,21 @@ def test_zero_gradients_do_not_divide_by_zero_or_move() -> None:
 
 
 def test_log_every_logs_d(caplog: pytest.LogCaptureFixture) -> None:
-    model = _model()
+    model = tiny_mlp()
     optimizer = fastoptim.DAdaptAdam(model.parameters(), log_every=2)
     with caplog.at_level(logging.INFO, logger="fastoptim"):
         for seed in range(4):
-            _backward(model, seed)
+            backward_random_batch(model, seed)
             optimizer.step()
     assert len([r for r in caplog.records if "d_hat" in r.getMessage()]) == 2
 
 
 def test_group_lr_rule_points_to_layer_scale() -> None:
-    model = _model()
+    model = tiny_mlp()
     optimizer = fastoptim.DAdaptAdam(
         [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.3}]
     )
-    _backward(model, 0)
+    backward_random_batch(model, 0)
     with pytest.raises(RuntimeError, match="layer_scale"):
         optimizer.step()
 
@@ -62,6 +52,6 @@ def test_bad_arguments() -> None:
         (dict(growth_rate=0.9), "growth_rate"),
     ):
         with pytest.raises(ValueError, match=name):
-            fastoptim.DAdaptAdam(_model().parameters(), **kwargs)
+            fastoptim.DAdaptAdam(tiny_mlp().parameters(), **kwargs)
     with pytest.raises(ValueError, match="gradient_release"):
-        fastoptim.DAdaptAdam(_model().parameters(), gradient_release=True)
+        fastoptim.DAdaptAdam(tiny_mlp().parameters(), gradient_release=True)

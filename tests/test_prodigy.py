@@ -7,19 +7,9 @@ import pytest
 import torch
 
 import fastoptim
+from tests.problems import backward_random_batch, tiny_mlp
 
 GROUP_KEYS = ("d", "d_max", "d_numerator", "d_denom", "d_hat", "k")
-
-
-def _model(seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
-
-
-def _backward(model: torch.nn.Module, seed: int) -> None:
-    generator = torch.Generator().manual_seed(seed)
-    model.zero_grad(set_to_none=True)
-    model(torch.randn(16, 5, generator=generator)).pow(2).mean().backward()
 
 
 def test_lr_zero_group_stays_frozen_with_beta1_zero() -> None:
@@ -27,14 +17,14 @@ def test_lr_zero_group_stays_frozen_with_beta1_zero() -> None:
     divides its raw gradient by d*eps; fastoptim keeps the group frozen."""
     moved = {}
     for name, cls in (("official", prodigyopt.Prodigy), ("ours", fastoptim.Prodigy)):
-        model = _model()
+        model = tiny_mlp()
         frozen = model[2].weight.detach().clone()
         optimizer = cls(
             [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.0}],
             betas=(0.0, 0.999),
         )
         for seed in range(3):
-            _backward(model, seed)
+            backward_random_batch(model, seed)
             optimizer.step()
         moved[name] = (model[2].weight.detach() - frozen).abs().max().item()
     assert moved["official"] > 1.0, "the official code throws the frozen weights away"
@@ -42,10 +32,10 @@ def test_lr_zero_group_stays_frozen_with_beta1_zero() -> None:
 
 
 def test_estimate_is_global_and_in_every_group() -> None:
-    model = _model()
+    model = tiny_mlp()
     optimizer = fastoptim.Prodigy([{"params": model[0].parameters()}, {"params": model[2].parameters()}])
     for seed in range(4):
-        _backward(model, seed)
+        backward_random_batch(model, seed)
         optimizer.step()
     first, second = optimizer.param_groups
     assert first["d"] > first["d0"] and first["k"] == 4
@@ -56,7 +46,7 @@ def test_estimate_is_global_and_in_every_group() -> None:
 
 
 def test_all_zero_gradients_do_not_update_or_divide_by_zero() -> None:
-    model = _model()
+    model = tiny_mlp()
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = fastoptim.Prodigy(model.parameters())
     for p in model.parameters():
@@ -67,10 +57,10 @@ def test_all_zero_gradients_do_not_update_or_divide_by_zero() -> None:
 
 
 def test_state_shapes_follow_slice_p_and_zero_parameters() -> None:
-    model = _model()
+    model = tiny_mlp()
     torch.nn.init.zeros_(model[2].bias)
     optimizer = fastoptim.Prodigy(model.parameters(), slice_p=3)
-    _backward(model, 0)
+    backward_random_batch(model, 0)
     optimizer.step()
     weight, bias = model[0].weight, model[2].bias
     assert optimizer.state[weight]["s"].shape == (weight.numel() // 3 + (weight.numel() % 3 > 0),)
@@ -78,11 +68,11 @@ def test_state_shapes_follow_slice_p_and_zero_parameters() -> None:
 
 
 def test_group_lr_rules_and_bad_arguments() -> None:
-    model = _model()
+    model = tiny_mlp()
     optimizer = fastoptim.Prodigy(
         [{"params": model[0].parameters()}, {"params": model[2].parameters(), "lr": 0.5}]
     )
-    _backward(model, 0)
+    backward_random_batch(model, 0)
     with pytest.raises(RuntimeError, match="only supported for values of 0"):
         optimizer.step()
     for kwargs, name in (
@@ -95,9 +85,9 @@ def test_group_lr_rules_and_bad_arguments() -> None:
         (dict(growth_rate=0.5), "growth_rate"),
     ):
         with pytest.raises(ValueError, match=name):
-            fastoptim.Prodigy(_model().parameters(), **kwargs)
+            fastoptim.Prodigy(tiny_mlp().parameters(), **kwargs)
     with pytest.raises(ValueError, match="gradient_release"):
-        fastoptim.Prodigy(_model().parameters(), gradient_release=True)
+        fastoptim.Prodigy(tiny_mlp().parameters(), gradient_release=True)
 
 
 def test_one_host_sync_per_step() -> None:
