@@ -12,9 +12,11 @@ import copy
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch._inductor.utils import run_and_get_code
 
 import fastoptim
-from fastoptim.runners.compiled import CHUNK_SIZES
+from fastoptim.runners import compiled_inputs
+from fastoptim.runners.compiled_inputs import CHUNK_SIZE
 from tests.cases import CASES, LOW_PRECISION_CASES, Case
 from tests.problems import make_batches, make_model, max_abs_diff, params_of, train, twin
 
@@ -95,10 +97,10 @@ def test_sparse_gradients_fall_back_to_the_loop_runner() -> None:
 
 @pytest.mark.parametrize("name", ["AdamW", "DAdaptAdam"])
 def test_models_larger_than_a_chunk_equal_the_loop(name: str) -> None:
-    """Buckets longer than one chunk (16 tensors): full chunks, then single tensors."""
-    assert CHUNK_SIZES == (16, 1)
+    """Buckets longer than one chunk (16 tensors): a full chunk, then one filled up with padding."""
+    assert CHUNK_SIZE == 16
     generator = torch.Generator().manual_seed(0)
-    shapes = [(7, 3), (5,), (2, 3, 4)] * 6 + [(11,)]  # 19 tensors: one chunk of 16, then 3 of 1
+    shapes = [(7, 3), (5,), (2, 3, 4)] * 6 + [(11,)]  # 19 tensors: one chunk of 16, then 3 and padding
     start = [torch.randn(shape, generator=generator) for shape in shapes]
     grads = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(4)]
     results = []
@@ -111,3 +113,42 @@ def test_models_larger_than_a_chunk_equal_the_loop(name: str) -> None:
             optimizer.step()
         results.append([param.detach() for param in params])
     assert max_abs_diff(*results) <= 1e-6
+
+
+def test_moved_parameters_and_loaded_states_are_updated_where_they_now_live() -> None:
+    """The runner keeps 1-D aliases of parameters and states between steps: moving them
+    (``p.data = ...``, ``load_state_dict``) must not leave it updating the old memory."""
+    results = []
+    for backend in ("compiled", "loop"):
+        model = make_model()
+        optimizer = fastoptim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2, backend=backend)
+        batches = make_batches(6)
+        train(model, optimizer, batches[:2])
+        for param in model.parameters():
+            param.data = param.data.clone()
+        train(model, optimizer, batches[2:4])
+        optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        train(model, optimizer, batches[4:])
+        if backend == "compiled":
+            kept = compiled_inputs._OWNED[optimizer]
+            assert len(kept) == len(list(model.parameters())), "one entry per parameter, no more"
+        results.append(params_of(model))
+    assert max_abs_diff(*results) <= 1e-6
+
+
+def test_kernels_use_every_thread_whatever_sizes_they_were_compiled_for() -> None:
+    """Inductor otherwise picks serial or parallel loops from the sizes it first compiles for, and
+    a graph first compiled for small tensors ran every later model on one thread.
+
+    Runs last: ``run_and_get_code`` resets dynamo, dropping the graphs the other tests share.
+    """
+    param = torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
+    param.grad = torch.randn(8, dtype=torch.float64)
+    optimizer = fastoptim.SGD([param], lr=1e-2, momentum=0.9, backend="compiled")
+    no_caches = torch._inductor.config.patch(fx_graph_cache=False)
+    with no_caches, torch._functorch.config.patch(enable_autograd_cache=False):
+        _, codes = run_and_get_code(optimizer.step)
+    lines = [line.strip() for code in codes for line in code.splitlines()]
+    loops = [index for index, line in enumerate(lines) if line.startswith("for(int64_t x0=")]
+    assert loops, "no kernel loop found in the generated code"
+    assert all(lines[index - 1] == "#pragma omp for" for index in loops)

@@ -10,10 +10,15 @@ What decides a compilation, and what does not:
 * Shapes are dynamic, and contiguous tensors are passed flattened, so one graph serves every
   parameter of a model (dtype and device still count; AdamP/SGDP keep their shapes for the
   projection, and non-contiguous tensors such as channels_last weights keep theirs).
-* One call updates a chunk of up to :data:`CHUNK_SIZES` ``[0]`` tensors (one kernel each), which
-  spreads the fixed cost of a call (guards, wrappers) over the chunk. The chunk's length is part
-  of the graph; sizes within it are independent symbols (no duck shaping), so tensors of equal
+* One call updates a chunk of :data:`~fastoptim.runners.compiled_inputs.CHUNK_SIZE` tensors
+  (one loop each), which spreads the fixed cost of a call (guards, wrappers) over the chunk; the
+  last chunk is padded (:mod:`~fastoptim.runners.compiled_inputs`), so a model of any size needs
+  one graph. Sizes within a chunk are independent symbols (no duck shaping), so tensors of equal
   size in one model do not tie the graph to that model.
+* Inductor's ``cpp.dynamic_threads`` is on. Otherwise inductor decides at compile time, from the
+  sizes it first sees, whether each loop runs on all threads or on one; the graph is then reused
+  (and cached on disk) for every other model, so a graph first compiled for small tensors ran a
+  20M-parameter step on one thread, at half the speed on two cores.
 * Nonzero float scalars (lr, bias corrections, d) are 0-d float64 tensors, so schedulers, step
   counts and ``load_state_dict`` do not recompile. Zeros stay Python floats, so that a disabled
   feature (no weight decay) costs nothing; a scalar that becomes zero or nonzero compiles once
@@ -33,23 +38,19 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.fx.experimental import _config as symbolic_shapes_config
 
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
+from fastoptim.runners.compiled_inputs import as_input, chunks, owned_inputs
 from fastoptim.runners.compiled_ops import CompiledOps
 
 #: Distinct graphs one process may compile for the runner's entry point (torch's defaults, 8 per
-#: function and 256 in all, are too few for a library whose optimizers, dtypes and chunk sizes
-#: all share one function).
+#: function and 256 in all, are too few for a library whose optimizers, dtypes and phases all
+#: share one function).
 RECOMPILE_LIMIT = 256
-#: Tensors per compiled call, largest first: a bucket is cut greedily into chunks of these sizes,
-#: so a model of any size needs at most one graph per size. One call costs about 40 µs of
-#: guards and wrappers on a CPU, so chunks of 16 cut the cost per tensor from about 55 µs to about
-#: 20 µs (most of what is left is making the 1-D aliases); larger chunks gained nothing
-#: measurable and compile for longer.
-CHUNK_SIZES = (16, 1)
+#: Inductor options; see the module's docstring.
+INDUCTOR_OPTIONS = {"emulate_precision_casts": True, "cpp.dynamic_threads": True, "size_asserts": False}
 _PER_FUNCTION_LIMIT = ("recompile_limit", "cache_size_limit")
 _ACCUMULATED_LIMIT = ("accumulated_recompile_limit", "accumulated_cache_size_limit")
 
@@ -76,19 +77,8 @@ def _step_chunk(
     ]
 
 
-_compiled_chunk = torch.compile(
-    _step_chunk, dynamic=True, fullgraph=True, options={"emulate_precision_casts": True}
-)
+_compiled_chunk = torch.compile(_step_chunk, dynamic=True, fullgraph=True, options=INDUCTOR_OPTIONS)
 _ALGORITHMS: dict[type, Any] = {}
-
-
-def _chunks(rows: list[tuple[Any, ...]]) -> Iterator[tuple[tuple[Any, ...], ...]]:
-    """``rows`` cut greedily into consecutive chunks of the sizes in :data:`CHUNK_SIZES`."""
-    start = 0
-    for size in CHUNK_SIZES:
-        while len(rows) - start >= size:
-            yield tuple(rows[start : start + size])
-            start += size
 
 
 def _algorithm(optimizer: Any) -> Any:
@@ -103,32 +93,35 @@ def _algorithm(optimizer: Any) -> Any:
     return _ALGORITHMS[cls]
 
 
-@contextlib.contextmanager
-def _compile_settings() -> Iterator[None]:
+def _settings() -> list[tuple[Any, str, Any]]:
+    """``(config, name, value)`` for the recompile limits (under either name) and duck shaping."""
     config = torch._dynamo.config
-    limits = {}
+    settings = []
     for names in (_PER_FUNCTION_LIMIT, _ACCUMULATED_LIMIT):  # renamed in torch 2.6
         for name in names:
             if hasattr(config, name):
-                limits[name] = max(RECOMPILE_LIMIT, getattr(config, name))
+                settings.append((config, name, max(RECOMPILE_LIMIT, getattr(config, name))))
                 break
-    with config.patch(limits), symbolic_shapes_config.patch(use_duck_shape=False):
-        yield
+    settings.append((symbolic_shapes_config, "use_duck_shape", False))
+    return settings
 
 
-def _as_input(tensor: Tensor | None, flatten: bool) -> Tensor | None:
-    """A plain tensor sharing ``tensor``'s memory: 1-D when it is contiguous and shapes do not matter.
+@contextlib.contextmanager
+def _compile_settings() -> Iterator[None]:
+    """The runner's dynamo settings, restored on exit.
 
-    The 1-D alias is made with ``set_`` rather than ``view``: dynamo guards on a view's base, so
-    a flattened weight and a flattened bias would otherwise need different graphs. Plain tensors
-    (not ``nn.Parameter``) and one rank keep the number of graphs down.
+    Set and restored attribute by attribute: ``config.patch`` costs about 40 µs a call, and
+    calls made inside it about 25 µs more.
     """
-    if tensor is None:
-        return None
-    if flatten and tensor.is_contiguous():
-        alias = tensor.new_empty(0)
-        return alias.set_(tensor.untyped_storage(), tensor.storage_offset(), (tensor.numel(),), (1,))
-    return tensor.detach()
+    settings = _settings()
+    saved = [(config, name, getattr(config, name)) for config, name, _ in settings]
+    try:
+        for config, name, value in settings:
+            setattr(config, name, value)
+        yield
+    finally:
+        for config, name, value in saved:
+            setattr(config, name, value)
 
 
 def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
@@ -140,17 +133,12 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
     scalars = _tensor_scalars(bucket.scalars)
     flatten = not optimizer.NEEDS_SHAPES
     algorithm = _algorithm(optimizer)
-    rows = [
-        (
-            _as_input(param, flatten),
-            _as_input(grad, flatten),
-            tuple(_as_input(t, flatten) for t in states),
-            _as_input(comp, flatten),
-        )
-        for param, grad, states, comp in bucket.tensors()
-    ]
+    rows = []
+    for param, grad, states, comp in bucket.tensors():
+        own = owned_inputs(optimizer, (param, *states, comp), flatten)
+        rows.append((own[0], as_input(grad, flatten), own[1:-1], own[-1]))
     results = []
     with _compile_settings():
-        for chunk in _chunks(rows):
-            results.extend(_compiled_chunk(apply, algorithm, chunk, scalars, update_params))
+        for chunk, real in chunks(rows):
+            results.extend(_compiled_chunk(apply, algorithm, chunk, scalars, update_params)[:real])
     return results
