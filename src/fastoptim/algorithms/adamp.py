@@ -74,6 +74,7 @@ class AdamP(Optimizer):
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
     NEEDS_SHAPES = True
+    FLOAT64_SCALARS = ("eps", "wd_ratio")
 
     def __init__(
         self,
@@ -174,6 +175,7 @@ class SGDP(Optimizer):
 
     STATE_KEYS = ("momentum",)
     NEEDS_SHAPES = True
+    FLOAT64_SCALARS = ("eps", "wd_ratio")
 
     def __init__(
         self,

@@ -19,10 +19,11 @@ What decides a compilation, and what does not:
   sizes it first sees, whether each loop runs on all threads or on one; the graph is then reused
   (and cached on disk) for every other model, so a graph first compiled for small tensors ran a
   20M-parameter step on one thread, at half the speed on two cores.
-* Nonzero float scalars (lr, bias corrections, d) are 0-d float64 tensors, so schedulers, step
-  counts and ``load_state_dict`` do not recompile. Zeros stay Python floats, so that a disabled
-  feature (no weight decay) costs nothing; a scalar that becomes zero or nonzero compiles once
-  more. Flags (booleans, integers, None) are part of the configuration.
+* Nonzero float scalars (lr, bias corrections, d) are 0-d tensors (float32, or float64 for
+  float64 parameters), so schedulers, step counts and ``load_state_dict`` do not recompile.
+  Zeros stay Python floats, so that a disabled feature (no weight decay) costs nothing; a
+  scalar that becomes zero or nonzero compiles once more. Flags (booleans, integers, None) are
+  part of the configuration.
 * Inductor's ``emulate_precision_casts`` is on: without it, inductor keeps a bf16 parameter's
   new value in float32 inside the kernel, and the Kahan compensation (new value minus what was
   stored) comes out as zero.
@@ -55,11 +56,20 @@ _PER_FUNCTION_LIMIT = ("recompile_limit", "cache_size_limit")
 _ACCUMULATED_LIMIT = ("accumulated_recompile_limit", "accumulated_cache_size_limit")
 
 
-def _tensor_scalars(scalars: SimpleNamespace) -> SimpleNamespace:
+def _tensor_scalars(
+    scalars: SimpleNamespace, dtype: torch.dtype, float64: tuple[str, ...]
+) -> SimpleNamespace:
+    """The step's scalars, nonzero floats as 0-d tensors of the precision the step computes in.
+
+    Float32 for every dtype but float64, as eager torch rounds a Python scalar to a float32
+    tensor's compute type: a float64 0-d tensor would be converted in every iteration of every
+    kernel loop, which made a step 5-10% slower. The names in ``float64`` stay float64.
+    """
+    scalar_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     values = {}
     for name, value in vars(scalars).items():
         if isinstance(value, float) and value != 0.0:
-            value = torch.tensor(value, dtype=torch.float64)
+            value = torch.tensor(value, dtype=torch.float64 if name in float64 else scalar_dtype)
         values[name] = value
     return SimpleNamespace(**values)
 
@@ -130,7 +140,7 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
     Returns:
         What ``apply`` returned, per tensor (partial sums in a reduction phase).
     """
-    scalars = _tensor_scalars(bucket.scalars)
+    scalars = _tensor_scalars(bucket.scalars, bucket.dtype, optimizer.FLOAT64_SCALARS)
     flatten = not optimizer.NEEDS_SHAPES
     algorithm = _algorithm(optimizer)
     rows = []

@@ -3,7 +3,7 @@
 Inside ``torch.compile`` every primitive is traced into one graph per tensor, which inductor fuses
 into a single kernel; in-place primitives are functionalised, so "in place" only decides which
 buffers the kernel writes. Scalars that change from step to step (learning rate, bias
-corrections, distance estimates) arrive as 0-d float64 tensors, so a new value does not
+corrections, distance estimates) arrive as 0-d tensors, so a new value does not
 recompile: ``alpha``/``value`` keywords, which torch only accepts as Python numbers, become
 multiplications, and ``lerp`` weights are cast to the tensor's dtype, as torch casts a Python
 weight. ``lerp`` is written out as ``x + w (y - x)`` (torch's formula for ``|w| < 0.5``): torch's
