@@ -50,16 +50,26 @@ def as_input(tensor: Tensor | None, flatten: bool) -> Tensor | None:
     return tensor.detach()
 
 
-def _is_flat_alias(alias: Tensor | None, tensor: Tensor | None) -> bool:
-    """Whether ``alias`` is still the 1-D alias of ``tensor``'s memory."""
-    if tensor is None or alias is None:
-        return alias is tensor
-    return (
-        alias.data_ptr() == tensor.data_ptr()
-        and alias.numel() == tensor.numel()
-        and alias.dtype == tensor.dtype
-        and tensor.is_contiguous()
-    )
+def _still_flat_aliases(aliases: tuple[Tensor | None, ...], tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether each of ``aliases`` is still the 1-D alias of the memory of the same of ``tensors``.
+
+    A tensor that moved has another address; one that was reshaped in place (``p.data =
+    p.data.t()``) keeps it but is no longer contiguous or has another size. (A new dtype at the
+    same address would need a reinterpreting view, which no optimizer state or parameter is.)
+    """
+    if len(aliases) != len(tensors):
+        return False
+    for alias, tensor in zip(aliases, tensors, strict=True):
+        if tensor is None or alias is None:
+            if alias is not tensor:
+                return False
+        elif (
+            alias.data_ptr() != tensor.data_ptr()
+            or alias.numel() != tensor.numel()
+            or not tensor.is_contiguous()
+        ):
+            return False
+    return True
 
 
 def owned_inputs(
@@ -74,10 +84,10 @@ def owned_inputs(
         return tuple(as_input(t, flatten) for t in owned)
     cache = _OWNED.setdefault(optimizer, {})
     cached = cache.get(id(owned[0]))
-    if cached is not None and len(cached) == len(owned) and all(map(_is_flat_alias, cached, owned)):
+    if cached is not None and _still_flat_aliases(cached, owned):
         return cached
     inputs = tuple(as_input(t, flatten) for t in owned)
-    if all(map(_is_flat_alias, inputs, owned)):
+    if _still_flat_aliases(inputs, owned):
         cache[id(owned[0])] = inputs
     return inputs
 
