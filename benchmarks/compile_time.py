@@ -1,11 +1,12 @@
 """Cold compile time of ``backend="compiled"`` for every optimizer, each in a fresh process.
 
-Each optimizer steps an 18-tensor MLP (one chunk of 16 tensors and two single tensors, so both
-graphs a real model needs are compiled) three times in its own Python process with an empty
-inductor cache. A trivial compiled function first pays torch.compile's one-off start-up (imports,
-compiler checks), reported apart; the first step then pays the optimizer's compilation. The third
-step's time is there for scale. Optimizers whose first step differs from the later ones (ADOPT,
-Adan, DAdaptAdan) compile a second graph on step 2, which is counted in "steps 1-2".
+Each optimizer steps an 18-tensor MLP (a chunk of 16 tensors, then one of 2 filled up with
+padding: the one graph a model of 16 or more tensors needs) three times in its own Python
+process with an empty inductor cache. A trivial compiled function first pays torch.compile's
+one-off start-up (imports, compiler checks), reported apart; the first step then pays the
+optimizer's compilation. The third step's time is there for scale. Optimizers whose first step
+differs from the later ones (SGD, ADOPT, Adan, DAdaptAdan) compile a second graph on step 2,
+which is counted in "steps 1-2".
 
 Usage::
 
