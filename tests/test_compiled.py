@@ -1,7 +1,9 @@
 """The compiled backend (torch.compile of each algorithm's one rule) against the loop runner.
 
-Inductor fuses each step into one kernel, so float32 results differ from the eager loop in the
-last bits (fused multiply-adds, reduction order); in float64 they agree to 1e-15. Graphs are
+Inductor fuses each step into one kernel, with the roundings of torch's CPU kernels (fused
+multiply-adds where they use them). Float64 steps equal the loop's bit for bit unless they take a
+square root (eager torch's float64 ``sqrt`` on CPU is not always correctly rounded, inductor's is)
+or a reduction (summed in another order); float32 results differ in the last bits. Graphs are
 compiled once per configuration and shared by every test in the process.
 """
 
@@ -35,10 +37,14 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
+#: Configurations with neither a square root nor a reduction: exact in float64.
+EXACT_IN_FLOAT64 = {case.name for case in CASES if case.name.split("_")[0] in ("sgd", "lion")}
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
 def test_compiled_equals_loop_float64_and_float32(case: Case) -> None:
     compiled, loop = _compiled_and_loop(case, torch.float64)
-    assert max_abs_diff(compiled, loop) <= 1e-13
+    assert max_abs_diff(compiled, loop) <= (0.0 if case.name in EXACT_IN_FLOAT64 else 1e-13)
     compiled, loop = _compiled_and_loop(case, torch.float32)
     # ADOPT without clipping divides by max(sqrt(v), eps) at step 2: last-bit differences grow
     tolerance = 2e-5 if case.name == "adopt_l2_noclip" else 1e-6

@@ -6,12 +6,18 @@ buffers the kernel writes. Scalars that change from step to step (learning rate,
 corrections, distance estimates) arrive as 0-d tensors, so a new value does not
 recompile: ``alpha``/``value`` keywords, which torch only accepts as Python numbers, become
 multiplications, and ``lerp`` weights are cast to the tensor's dtype, as torch casts a Python
-weight. ``lerp`` is written out as ``x + w (y - x)`` (torch's formula for ``|w| < 0.5``): torch's
-two-sided formula puts a branch on the weight into every element of the kernel.
+weight. ``lerp`` is written out with torch's formula for ``|w| < 0.5``: torch's two-sided formula
+puts a branch on the weight into every element of the kernel.
+
+Roundings follow torch's CPU kernels, so that float64 steps equal the loop runner's exactly:
+``add`` with ``alpha``, ``addcmul`` and ``lerp`` round once for a product and a sum (a fused
+multiply-add, ``torch.ops.prims.fma``, which inductor compiles to one), ``addcdiv`` computes
+``x + (value a) / b``. Inductor does not contract any other product and sum.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +39,29 @@ def _weight(weight: Scalar, like: Tensor) -> Scalar:
     return weight.to(like.dtype) if isinstance(weight, Tensor) else weight
 
 
+def _fma(a: Tensor | Scalar, b: Tensor | Scalar, c: Tensor) -> Tensor:
+    """``a * b + c`` rounded once, in the dtype torch's type promotion gives ``c + a * b``."""
+    tensors = [t for t in (a, b, c) if isinstance(t, Tensor) and t.ndim > 0]
+    dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
+    shape = tensors[0].shape
+
+    def operand(value: Tensor | Scalar) -> Tensor:
+        if not isinstance(value, Tensor):
+            return c.new_full(shape, value, dtype=dtype)
+        return value.to(dtype).expand(shape)
+
+    return torch.ops.prims.fma(operand(a), operand(b), operand(c))
+
+
+def _plus_scaled(x: Tensor, y: Tensor | Scalar, alpha: Scalar) -> Tensor:
+    """``x + alpha * y`` as torch's ``add(x, y, alpha=alpha)`` computes it."""
+    if isinstance(alpha, float) and alpha == 1.0:
+        return x + y
+    if not isinstance(y, Tensor) or y.ndim == 0:
+        return x + y * alpha
+    return _fma(y, alpha, x)
+
+
 class CompiledOps:
     """:class:`~fastoptim.runners.ops.TensorOps`'s primitives, written for ``torch.compile``."""
 
@@ -52,27 +81,27 @@ class CompiledOps:
 
     @staticmethod
     def add_(x: Tensor, y: Tensor | Scalar, *, alpha: Scalar = 1.0) -> Tensor:
-        return x.add_(_scaled(y, alpha))
+        return x.copy_(_plus_scaled(x, y, alpha))
 
     @staticmethod
     def add(x: Tensor, y: Tensor | Scalar, *, alpha: Scalar = 1.0) -> Tensor:
-        return x + _scaled(y, alpha)
+        return _plus_scaled(x, y, alpha)
 
     @staticmethod
     def lerp_(x: Tensor, y: Tensor, weight: Scalar) -> Tensor:
-        return x.add_((y - x) * _weight(weight, x))
+        return x.copy_(_fma(_weight(weight, x), y - x, x))
 
     @staticmethod
     def lerp(x: Tensor, y: Tensor, weight: Scalar) -> Tensor:
-        return x + (y - x) * _weight(weight, x)
+        return _fma(_weight(weight, x), y - x, x)
 
     @staticmethod
     def addcmul_(x: Tensor, a: Tensor, b: Tensor, *, value: Scalar = 1.0) -> Tensor:
-        return x.add_(_scaled(a * b, value))
+        return x.copy_(_fma(_scaled(a, value), b, x))
 
     @staticmethod
     def addcdiv_(x: Tensor, a: Tensor, b: Tensor, *, value: Scalar = 1.0) -> Tensor:
-        return x.add_(_scaled(a / b, value))
+        return x.add_(_scaled(a, value) / b)
 
     @staticmethod
     def clamp_(x: Tensor, min: Scalar | None = None, max: Scalar | None = None) -> Tensor:
@@ -84,7 +113,7 @@ class CompiledOps:
 
     @staticmethod
     def add_scaled_into(dst: Tensor, x: Tensor, y: Tensor, alpha: Scalar) -> Tensor:
-        return x + _scaled(y, alpha)
+        return _plus_scaled(x, y, alpha)
 
     @staticmethod
     def to_fp32(x: Tensor) -> Tensor:
