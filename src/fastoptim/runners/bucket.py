@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -22,6 +23,8 @@ class Bucket:
             bucket is not Kahan-summed.
         scalars: The step's scalars, shared by every parameter of the bucket.
         sparse: Whether the gradients are sparse (such buckets always run on the loop runner).
+        prepared: What a runner prepared from the tensors, kept for the step's second phase
+            (reducing algorithms run a bucket twice in one step).
     """
 
     device: torch.device
@@ -32,6 +35,7 @@ class Bucket:
     states: list[list[Tensor]] = field(default_factory=list)
     kahan_comps: list[Tensor] | None = None
     sparse: bool = False
+    prepared: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.params)

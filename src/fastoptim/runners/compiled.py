@@ -134,6 +134,16 @@ def _compile_settings() -> Iterator[None]:
             setattr(config, name, value)
 
 
+def _rows(optimizer: Any, bucket: Bucket) -> list[Any]:
+    """The inputs of each parameter of ``bucket``: ``(param, grad, states, kahan_comp)``."""
+    flatten = not optimizer.NEEDS_SHAPES
+    rows = []
+    for param, grad, states, comp in bucket.tensors():
+        own = owned_inputs(optimizer, (param, *states, comp), flatten)
+        rows.append((own[0], as_input(grad, flatten), own[1:-1], own[-1]))
+    return rows
+
+
 def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
     """Applies ``apply`` to each tensor of ``bucket`` through the compiled step.
 
@@ -141,12 +151,10 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
         What ``apply`` returned, per tensor (partial sums in a reduction phase).
     """
     scalars = _tensor_scalars(bucket.scalars, bucket.dtype, optimizer.FLOAT64_SCALARS)
-    flatten = not optimizer.NEEDS_SHAPES
     algorithm = _algorithm(optimizer)
-    rows = []
-    for param, grad, states, comp in bucket.tensors():
-        own = owned_inputs(optimizer, (param, *states, comp), flatten)
-        rows.append((own[0], as_input(grad, flatten), own[1:-1], own[-1]))
+    if "compiled_rows" not in bucket.prepared:
+        bucket.prepared["compiled_rows"] = _rows(optimizer, bucket)
+    rows = bucket.prepared["compiled_rows"]
     results = []
     with _compile_settings():
         for chunk, real in chunks(rows):
