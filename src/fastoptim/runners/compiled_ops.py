@@ -5,9 +5,10 @@ into a single kernel; in-place primitives are functionalised, so "in place" only
 buffers the kernel writes. Scalars that change from step to step (learning rate, bias
 corrections, distance estimates) arrive as 0-d tensors, so a new value does not
 recompile: ``alpha``/``value`` keywords, which torch only accepts as Python numbers, become
-multiplications, and ``lerp`` weights are cast to the tensor's dtype, as torch casts a Python
-weight. ``lerp`` is written out with torch's formula for ``|w| < 0.5``: torch's two-sided formula
-puts a branch on the weight into every element of the kernel.
+multiplications or fused multiply-adds (below), and ``lerp`` weights are cast to the tensor's
+dtype, as torch casts a Python weight. ``lerp`` is written out with torch's formula for
+``|w| < 0.5``: torch's two-sided formula puts a branch on the weight into every element of the
+kernel.
 
 Roundings follow torch's CPU kernels, so that float64 steps equal the loop runner's exactly:
 ``add`` with ``alpha``, ``addcmul`` and ``lerp`` round once for a product and a sum (a fused
