@@ -10,9 +10,10 @@ dtype, as torch casts a Python weight. ``lerp`` is written out with torch's form
 ``|w| < 0.5``: torch's two-sided formula puts a branch on the weight into every element of the
 kernel.
 
-Roundings follow torch's CPU kernels, so that float64 steps equal the loop runner's exactly:
-``add`` with ``alpha``, ``addcmul`` and ``lerp`` round once for a product and a sum (a fused
-multiply-add, ``torch.ops.prims.fma``, which inductor compiles to one), ``addcdiv`` computes
+Roundings follow torch's CPU kernels, so that float64 steps with neither a square root (eager
+torch's is not always correctly rounded) nor a reduction equal the loop runner's exactly: ``add``
+with ``alpha``, ``addcmul`` and ``lerp`` round once for a product and a sum (a fused multiply-add,
+``torch.ops.prims.fma``, which inductor compiles to one), ``addcdiv`` computes
 ``x + (value a) / b``. Inductor does not contract any other product and sum.
 """
 
