@@ -52,8 +52,20 @@ from fastoptim.runners.compiled_ops import CompiledOps
 RECOMPILE_LIMIT = 256
 #: Inductor options; see the module's docstring.
 INDUCTOR_OPTIONS = {"emulate_precision_casts": True, "cpp.dynamic_threads": True, "size_asserts": False}
-_PER_FUNCTION_LIMIT = ("recompile_limit", "cache_size_limit")
-_ACCUMULATED_LIMIT = ("accumulated_recompile_limit", "accumulated_cache_size_limit")
+
+
+def _limit_names() -> tuple[str, ...]:
+    """Dynamo's per-function and accumulated recompile limits, under the names this torch uses."""
+    names = []
+    for candidates in (
+        ("recompile_limit", "cache_size_limit"),  # renamed in torch 2.6
+        ("accumulated_recompile_limit", "accumulated_cache_size_limit"),
+    ):
+        names += [name for name in candidates if hasattr(torch._dynamo.config, name)][:1]
+    return tuple(names)
+
+
+_LIMIT_NAMES = _limit_names()
 
 
 def _tensor_scalars(
@@ -104,14 +116,11 @@ def _algorithm(optimizer: Any) -> Any:
 
 
 def _settings() -> list[tuple[Any, str, Any]]:
-    """``(config, name, value)`` for the recompile limits (under either name) and duck shaping."""
+    """``(config, name, value)`` for the recompile limits and duck shaping."""
     config = torch._dynamo.config
-    settings = []
-    for names in (_PER_FUNCTION_LIMIT, _ACCUMULATED_LIMIT):  # renamed in torch 2.6
-        for name in names:
-            if hasattr(config, name):
-                settings.append((config, name, max(RECOMPILE_LIMIT, getattr(config, name))))
-                break
+    settings: list[tuple[Any, str, Any]] = [
+        (config, name, max(RECOMPILE_LIMIT, getattr(config, name))) for name in _LIMIT_NAMES
+    ]
     settings.append((symbolic_shapes_config, "use_duck_shape", False))
     return settings
 

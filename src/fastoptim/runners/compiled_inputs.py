@@ -86,7 +86,7 @@ def owned_inputs(
     if cached is not None and _still_flat_aliases(cached, owned):
         return cached
     inputs = tuple(as_input(t, flatten) for t in owned)
-    if _still_flat_aliases(inputs, owned):
+    if all(t is None or t.is_contiguous() for t in owned):
         cache[id(owned[0])] = inputs
     return inputs
 

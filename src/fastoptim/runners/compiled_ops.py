@@ -37,12 +37,11 @@ def _scaled(y: Tensor | float, alpha: Scalar) -> Tensor | float:
     return y
 
 
-def _weight(weight: Scalar, like: Tensor) -> Scalar:
-    return weight.to(like.dtype) if isinstance(weight, Tensor) else weight
-
-
 def _fma(a: Tensor | Scalar, b: Tensor | Scalar, c: Tensor) -> Tensor:
-    """``a * b + c`` rounded once, in the dtype torch's type promotion gives ``c + a * b``."""
+    """``a * b + c`` rounded once, in the dtype torch's type promotion gives ``c + a * b``.
+
+    0-d tensors (scalars) do not promote, as in torch: they are cast to that dtype.
+    """
     tensors = [t for t in (a, b, c) if isinstance(t, Tensor) and t.ndim > 0]
     dtype = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
     shape = tensors[0].shape
@@ -91,11 +90,11 @@ class CompiledOps:
 
     @staticmethod
     def lerp_(x: Tensor, y: Tensor, weight: Scalar) -> Tensor:
-        return x.copy_(_fma(_weight(weight, x), y - x, x))
+        return x.copy_(_fma(weight, y - x, x))
 
     @staticmethod
     def lerp(x: Tensor, y: Tensor, weight: Scalar) -> Tensor:
-        return _fma(_weight(weight, x), y - x, x)
+        return _fma(weight, y - x, x)
 
     @staticmethod
     def addcmul_(x: Tensor, a: Tensor, b: Tensor, *, value: Scalar = 1.0) -> Tensor:
