@@ -45,13 +45,19 @@ from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.compiled_inputs import as_input, chunks, owned_inputs
 from fastoptim.runners.compiled_ops import CompiledOps
+from fastoptim.runners.reduction_fusion import CACHE_KEY, reduction_update_fusion
 
 #: Distinct graphs one process may compile for the runner's entry point (torch's defaults, 8 per
 #: function and 256 in all, are too few for a library whose optimizers, dtypes and phases all
 #: share one function).
 RECOMPILE_LIMIT = 256
 #: Inductor options; see the module's docstring.
-INDUCTOR_OPTIONS = {"emulate_precision_casts": True, "cpp.dynamic_threads": True, "size_asserts": False}
+INDUCTOR_OPTIONS = {
+    "emulate_precision_casts": True,
+    "cpp.dynamic_threads": True,
+    "size_asserts": False,
+    "post_grad_custom_post_pass": CACHE_KEY,
+}
 
 
 def _limit_names() -> tuple[str, ...]:
@@ -165,7 +171,7 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
         bucket.prepared["compiled_rows"] = _rows(optimizer, bucket)
     rows = bucket.prepared["compiled_rows"]
     results = []
-    with _compile_settings():
+    with _compile_settings(), reduction_update_fusion():
         for chunk, real in chunks(rows):
             results.extend(_compiled_chunk(apply, algorithm, chunk, scalars, update_params)[:real])
     return results
