@@ -18,6 +18,7 @@ per-parameter step that gradient release runs inside backward.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
 from typing import Any, ClassVar
@@ -27,7 +28,7 @@ from torch import Tensor
 
 from fastoptim.precision import is_low_precision
 from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
-from fastoptim.runners.apply import apply_accumulate, apply_rule, apply_update
+from fastoptim.runners.apply import apply_accumulate, apply_one_pass, apply_rule, apply_update
 from fastoptim.runners.ops import Workspace
 from fastoptim.validation import check_bool, check_nonnegative, check_positive
 
@@ -35,6 +36,8 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 #: What a rule returns: a function adding the update to its argument, and the new states.
 RuleResult = tuple[Callable[[Any], Any], tuple[Any, ...]]
+#: One param group's part of a step: the group and the buckets of its parameters with gradients.
+Plan = tuple[dict[str, Any], list[Bucket]]
 
 
 def _sum_partials(results: list[Any]) -> list[float] | None:
@@ -93,6 +96,11 @@ class Optimizer(torch.optim.Optimizer):
     #: True for algorithms with a global reduction: ``accumulate`` / ``finalize`` / ``update``
     #: replace ``rule`` (D-Adaptation, Prodigy).
     REDUCES: ClassVar[bool] = False
+    #: True for reducing algorithms whose ``update`` needs nothing ``finalize`` computes (it
+    #: returns ``{}`` or None): both phases then run in one pass over memory whenever the step's
+    #: reduction cannot find the "no information" that makes ``finalize`` skip the update (see
+    #: :meth:`Optimizer.step`).
+    ONE_PASS: ClassVar[bool] = False
     #: Extra per-parameter buffers for sparse gradients; None (default) rejects sparse gradients.
     #: Sparse gradients run on the loop runner and get no L2 term (as the official DAdaptAdaGrad).
     SPARSE_STATE_KEYS: ClassVar[tuple[str, ...] | None] = None
@@ -133,6 +141,7 @@ class Optimizer(torch.optim.Optimizer):
         self.optimizer_accumulation = False
         self._group_index: dict[int, int] | None = None
         self._workspaces = threading.local()
+        self._informative_reduction: tuple[Any, ...] | None = None
         super().__init__(params, {**defaults, "kahan_sum": kahan_sum})
 
     # ------------------------------------------------------------------ algorithm interface
@@ -160,6 +169,17 @@ class Optimizer(torch.optim.Optimizer):
         run (they check at construction).
         """
         return {}
+
+    def counts_in_reduction(self, group: dict[str, Any]) -> Any:
+        """The options of ``group`` that decide whether its parameters count in the reduction.
+
+        Part of what makes one step's reduction comparable with the last (:meth:`step`); a
+        group with lr 0 does not count in most reducing algorithms.
+        """
+        return float(group["lr"]) > 0.0
+
+    def update_skipped(self, params: list[Tensor]) -> None:
+        """Reducing algorithms: called when ``finalize`` skipped the update of ``params``."""
 
     def begin_group(self, group: dict[str, Any]) -> None:
         """Called once per group at every ``step()``, even when no parameter has a gradient."""
@@ -272,21 +292,60 @@ class Optimizer(torch.optim.Optimizer):
             self.begin_group(group)
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                plans.append(self._prepare_buckets(group, params, shared))
+                plans.append((group, self._prepare_buckets(group, params, shared)))
         if not self.REDUCES:
-            for buckets in plans:
+            for _, buckets in plans:
                 self._run(buckets, self.backend, update_params, apply_rule)
             return loss
-        partials = [
-            r for buckets in plans for r in self._run(buckets, self.backend, update_params, apply_accumulate)
-        ]
+        self._reduce_and_update(plans, update_params)
+        return loss
+
+    def _reduce_and_update(self, plans: list[Plan], update_params: bool) -> None:
+        """A reducing algorithm's step: the reduction, ``finalize``, then the update.
+
+        ``finalize`` skips the update when the reduction finds no information (the official
+        code returns early when a sum over the states ``s`` is zero), so the update of a
+        :attr:`ONE_PASS` algorithm rides along with the reduction only when the sum cannot be
+        zero: the last step's sum was nonzero, over the same parameters and groups, and nothing
+        has touched their states since (same tensors, same version counters). The new sum is then
+        zero only if every element of ``s`` cancels exactly; should that happen, the update is
+        already done and a warning says so.
+        """
+        one_pass = self.ONE_PASS and self._informative_reduction == self._reduction_inputs(plans)
+        apply = apply_one_pass if one_pass else apply_accumulate
+        partials = [r for _, buckets in plans for r in self._run(buckets, self.backend, update_params, apply)]
         final = self.finalize(_sum_partials(partials))
-        if final is not None:
-            for buckets in plans:
+        if final is None and one_pass:
+            warnings.warn(
+                f"{type(self).__name__}: the states s cancelled to exactly zero, so the official code "
+                "would have skipped this step's update, which fastoptim had already applied in one pass",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        elif final is None:
+            self.update_skipped([p for _, buckets in plans for bucket in buckets for p in bucket.params])
+        elif not one_pass:
+            for _, buckets in plans:
                 for bucket in buckets:
                     bucket.scalars.__dict__.update(final)
                 self._run(buckets, self.backend, update_params, apply_update)
-        return loss
+        informative = self.ONE_PASS and final is not None
+        self._informative_reduction = self._reduction_inputs(plans) if informative else None
+
+    def _reduction_inputs(self, plans: list[Plan]) -> tuple[Any, ...]:
+        """What the reduction sums over: groups, how they count, their parameters' states.
+
+        The states are those of the parameters with gradients: which tensors, and their version
+        counters (in-place changes such as ``restart_opt`` bump them).
+        """
+        return tuple(
+            (
+                id(group),
+                self.counts_in_reduction(group),
+                tuple((id(t), t._version) for bucket in buckets for column in bucket.states for t in column),
+            )
+            for group, buckets in plans
+        )
 
     def _run(self, buckets: list[Bucket], backend: str, update_params: bool, apply: Any) -> list[Any]:
         results = []
@@ -420,3 +479,4 @@ class Optimizer(torch.optim.Optimizer):
         self.__dict__.setdefault("optimizer_accumulation", False)
         self._group_index = None
         self._workspaces = threading.local()
+        self._informative_reduction = None

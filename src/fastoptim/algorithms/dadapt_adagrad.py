@@ -83,6 +83,7 @@ class DAdaptAdaGrad(Optimizer):
     """
 
     REDUCES = True
+    ONE_PASS = True
     STATE_KEYS = ("alphak", "sk", "x0")
     SPARSE_STATE_KEYS = ("weighted_sk",)
 

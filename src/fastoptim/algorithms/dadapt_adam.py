@@ -69,6 +69,7 @@ class DAdaptAdam(Optimizer):
     """
 
     REDUCES = True
+    ONE_PASS = True
     STATE_KEYS = ("s", "exp_avg", "exp_avg_sq")
 
     def __init__(
@@ -117,6 +118,10 @@ class DAdaptAdam(Optimizer):
             correction = ((1 - beta2 ** (k + 1)) ** 0.5) / (1 - beta1 ** (k + 1))
         dlr = d * lr * correction
         return {"beta1": beta1, "beta2": beta2, "sqrt_beta2": beta2**0.5, "dlr": dlr, "max_lr": lr}
+
+    def counts_in_reduction(self, group: dict[str, Any]) -> Any:
+        # a group with layer_scale 0 adds nothing to the sums
+        return float(group["lr"]) > 0.0 and group["layer_scale"] > 0.0
 
     def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
         decouple = self.param_groups[0]["decouple"]

@@ -40,8 +40,10 @@ class DAdaptAdan(Optimizer):
 
     Differences from the official code: gradient release is refused; the three sums are read
     once per step (the official code calls ``.item()`` three times per parameter). As officially,
-    only the first group's lr counts (other groups' lr values are ignored) and weight decay and
-    eps are per group.
+    only the first group's lr counts (other groups' lr values are ignored), weight decay and
+    eps are per group, and a step skipped because :math:`\sum \lVert s \rVert_1 = 0` (an all-zero
+    first gradient, or after ``restart_opt()``) does not count: the next one starts with
+    :math:`\Delta = 0` again.
 
     Args:
         params: Tensors to optimise or dicts defining parameter groups.
@@ -58,6 +60,7 @@ class DAdaptAdan(Optimizer):
     """
 
     REDUCES = True
+    ONE_PASS = True
     STATE_KEYS = ("s", "exp_avg", "exp_avg_diff", "exp_avg_sq", "pre_grad")
 
     def __init__(
@@ -100,6 +103,11 @@ class DAdaptAdan(Optimizer):
                 state["step"] = 0
                 for key in ("s", "exp_avg", "exp_avg_diff", "exp_avg_sq"):
                     state[key].zero_()
+
+    def update_skipped(self, params: list[Tensor]) -> None:
+        # the official step counter advances only with an update: the next step starts afresh
+        for p in params:
+            self.state[p]["step"] -= 1
 
     def global_scalars(self) -> dict[str, Any]:
         beta1, beta2, beta3 = self.param_groups[0]["betas"]

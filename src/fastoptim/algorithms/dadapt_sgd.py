@@ -59,6 +59,7 @@ class DAdaptSGD(Optimizer):
     """
 
     REDUCES = True
+    ONE_PASS = True
     STATE_KEYS = ("z", "s", "x0")
 
     def __init__(

@@ -20,16 +20,20 @@ from fastoptim.scalars import is_set
 Apply = Callable[..., Any]
 
 
+def _working_states(ops: Any, states: tuple[Any, ...], scalars: SimpleNamespace) -> tuple[Any, ...]:
+    """The states the rule reads: float32 copies of low-precision buffers, the buffers otherwise."""
+    return tuple(ops.to_fp32(s) for s in states) if scalars.low_precision else states
+
+
 def _prepare(
     ops: Any, param: Any, grad: Any, states: tuple[Any, ...], scalars: SimpleNamespace, update_params: bool
 ):
     """Float32 working copies of low-precision gradients and states, and L2 decay on the gradient."""
     if scalars.low_precision:
         grad = ops.to_fp32(grad)
-        states = tuple(ops.to_fp32(s) for s in states)
     if update_params and is_set(scalars.l2):
         grad = ops.add(grad, param, alpha=scalars.l2)
-    return grad, states
+    return grad, _working_states(ops, states, scalars)
 
 
 def _write_back(ops: Any, states: tuple[Any, ...], new_states: tuple[Any, ...]) -> None:
@@ -92,6 +96,34 @@ def apply_accumulate(
     partials, new_states, step_into = optimizer.accumulate(ops, param, grad, work, scalars)
     _write_back(ops, states, new_states)
     if step_into is not None and update_params:
+        store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+    return partials
+
+
+def apply_one_pass(
+    optimizer: Any,
+    ops: Any,
+    param: Any,
+    grad: Any,
+    states: tuple[Any, ...],
+    kahan_comp: Any | None,
+    scalars: SimpleNamespace,
+    update_params: bool,
+) -> tuple[Any, ...] | None:
+    """Both phases of a reducing algorithm at once, for an update that cannot be skipped.
+
+    The same arithmetic as :func:`apply_accumulate` followed by :func:`apply_update`: the
+    gradient is prepared once (the parameter has not moved in between), and the update reads the
+    states as phase one wrote them back (rounded to the parameter dtype, as phase two would read
+    them). Returns the partial sums.
+    """
+    grad, work = _prepare(ops, param, grad, states, scalars, update_params)
+    partials, new_states, _ = optimizer.accumulate(ops, param, grad, work, scalars)
+    _write_back(ops, states, new_states)
+    if update_params:
+        work = _working_states(ops, states, scalars)
+        step_into, new_states = optimizer.update(ops, param, grad, work, scalars)
+        _write_back(ops, states, new_states)
         store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
     return partials
 
