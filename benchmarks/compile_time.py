@@ -5,7 +5,8 @@ padding: the one graph a model of 16 or more tensors needs) three times in its o
 process with an empty inductor cache. A trivial compiled function first pays torch.compile's
 one-off start-up (imports, compiler checks), reported apart; the first step then pays the
 optimizer's compilation. The third step's time is there for scale. Optimizers whose first step
-differs from the later ones (SGD, ADOPT, Adan, DAdaptAdan) compile a second graph on step 2,
+differs from the later ones (SGD, ADOPT, Adan, and DAdaptSGD, DAdaptAdam, DAdaptAdaGrad and
+DAdaptAdan, whose later steps run both phases in one pass) compile another graph on step 2,
 which is counted in "steps 1-2".
 
 Usage::

@@ -309,11 +309,15 @@ class Optimizer(torch.optim.Optimizer):
         zero: the last step's sum was nonzero, over the same parameters and groups, and nothing
         has touched their states since (same tensors, same version counters). The new sum is then
         zero only if every element of ``s`` cancels exactly; should that happen, the update is
-        already done and a warning says so.
+        already done and a warning says so. The compiled backend runs the two-phase steps (the
+        first, and those after a change) on the loop runner, so that it compiles one graph.
         """
         one_pass = self.ONE_PASS and self._informative_reduction == self._reduction_inputs(plans)
         apply = apply_one_pass if one_pass else apply_accumulate
-        partials = [r for _, buckets in plans for r in self._run(buckets, self.backend, update_params, apply)]
+        backend = self.backend
+        if self.ONE_PASS and not one_pass and backend == "compiled":
+            backend = "loop"  # first and fallback steps are rare: not worth compiling two more graphs
+        partials = [r for _, buckets in plans for r in self._run(buckets, backend, update_params, apply)]
         final = self.finalize(_sum_partials(partials))
         if final is None and one_pass:
             warnings.warn(
@@ -328,7 +332,7 @@ class Optimizer(torch.optim.Optimizer):
             for _, buckets in plans:
                 for bucket in buckets:
                     bucket.scalars.__dict__.update(final)
-                self._run(buckets, self.backend, update_params, apply_update)
+                self._run(buckets, backend, update_params, apply_update)
         informative = self.ONE_PASS and final is not None
         self._informative_reduction = self._reduction_inputs(plans) if informative else None
 
