@@ -25,15 +25,13 @@ def _working_states(ops: Any, states: tuple[Any, ...], scalars: SimpleNamespace)
     return tuple(ops.to_fp32(s) for s in states) if scalars.low_precision else states
 
 
-def _prepare(
-    ops: Any, param: Any, grad: Any, states: tuple[Any, ...], scalars: SimpleNamespace, update_params: bool
-):
-    """Float32 working copies of low-precision gradients and states, and L2 decay on the gradient."""
+def _prepared_grad(ops: Any, param: Any, grad: Any, scalars: SimpleNamespace, update_params: bool) -> Any:
+    """The gradient the rule reads: float32 for low precision, plus L2 decay when parameters move."""
     if scalars.low_precision:
         grad = ops.to_fp32(grad)
     if update_params and is_set(scalars.l2):
         grad = ops.add(grad, param, alpha=scalars.l2)
-    return grad, _working_states(ops, states, scalars)
+    return grad
 
 
 def _write_back(ops: Any, states: tuple[Any, ...], new_states: tuple[Any, ...]) -> None:
@@ -70,11 +68,37 @@ def apply_rule(
         update_params: False during optimizer accumulation: states advance, parameters and
             weight decay do not.
     """
-    grad, work = _prepare(ops, param, grad, states, scalars, update_params)
-    step_into, new_states = optimizer.rule(ops, param, grad, work, scalars)
+    grad = _prepared_grad(ops, param, grad, scalars, update_params)
+    step_into, new_states = optimizer.rule(ops, param, grad, _working_states(ops, states, scalars), scalars)
     _write_back(ops, states, new_states)
     if update_params:
         store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+
+
+def _accumulate(
+    optimizer: Any, ops: Any, param: Any, grad: Any, states: tuple[Any, ...], scalars: SimpleNamespace
+) -> tuple[tuple[Any, ...] | None, Any]:
+    """Phase one on a prepared gradient: writes the states back, returns ``(partials, step_into)``."""
+    partials, new_states, step_into = optimizer.accumulate(
+        ops, param, grad, _working_states(ops, states, scalars), scalars
+    )
+    _write_back(ops, states, new_states)
+    return partials, step_into
+
+
+def _update(
+    optimizer: Any,
+    ops: Any,
+    param: Any,
+    grad: Any,
+    states: tuple[Any, ...],
+    kahan_comp: Any | None,
+    scalars: SimpleNamespace,
+) -> None:
+    """Phase two on a prepared gradient, reading the states as they were last written back."""
+    step_into, new_states = optimizer.update(ops, param, grad, _working_states(ops, states, scalars), scalars)
+    _write_back(ops, states, new_states)
+    store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
 
 
 def apply_accumulate(
@@ -92,9 +116,8 @@ def apply_accumulate(
     Algorithms that move the parameters before the reduction (DAdaptLion) return a
     ``step_into`` here, applied at once.
     """
-    grad, work = _prepare(ops, param, grad, states, scalars, update_params)
-    partials, new_states, step_into = optimizer.accumulate(ops, param, grad, work, scalars)
-    _write_back(ops, states, new_states)
+    grad = _prepared_grad(ops, param, grad, scalars, update_params)
+    partials, step_into = _accumulate(optimizer, ops, param, grad, states, scalars)
     if step_into is not None and update_params:
         store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
     return partials
@@ -117,14 +140,10 @@ def apply_one_pass(
     states as phase one wrote them back (rounded to the parameter dtype, as phase two would read
     them). Returns the partial sums.
     """
-    grad, work = _prepare(ops, param, grad, states, scalars, update_params)
-    partials, new_states, _ = optimizer.accumulate(ops, param, grad, work, scalars)
-    _write_back(ops, states, new_states)
+    grad = _prepared_grad(ops, param, grad, scalars, update_params)
+    partials, _ = _accumulate(optimizer, ops, param, grad, states, scalars)
     if update_params:
-        work = _working_states(ops, states, scalars)
-        step_into, new_states = optimizer.update(ops, param, grad, work, scalars)
-        _write_back(ops, states, new_states)
-        store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+        _update(optimizer, ops, param, grad, states, kahan_comp, scalars)
     return partials
 
 
@@ -139,9 +158,6 @@ def apply_update(
     update_params: bool,
 ) -> None:
     """Phase two of a reducing algorithm: the parameter update with the reduced scalars."""
-    if not update_params:
-        return
-    grad, work = _prepare(ops, param, grad, states, scalars, update_params)
-    step_into, new_states = optimizer.update(ops, param, grad, work, scalars)
-    _write_back(ops, states, new_states)
-    store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+    if update_params:
+        grad = _prepared_grad(ops, param, grad, scalars, update_params)
+        _update(optimizer, ops, param, grad, states, kahan_comp, scalars)
