@@ -99,7 +99,7 @@ class Optimizer(torch.optim.Optimizer):
     #: True for reducing algorithms whose ``update`` needs nothing ``finalize`` computes (it
     #: returns ``{}`` or None): both phases then run in one pass over memory whenever the step's
     #: reduction cannot find the "no information" that makes ``finalize`` skip the update (see
-    #: :meth:`Optimizer.step`).
+    #: ``Optimizer._reduce_and_update``).
     ONE_PASS: ClassVar[bool] = False
     #: Extra per-parameter buffers for sparse gradients; None (default) rejects sparse gradients.
     #: Sparse gradients run on the loop runner and get no L2 term (as the official DAdaptAdaGrad).
@@ -173,7 +173,7 @@ class Optimizer(torch.optim.Optimizer):
     def counts_in_reduction(self, group: dict[str, Any]) -> Any:
         """The options of ``group`` that decide whether its parameters count in the reduction.
 
-        Part of what makes one step's reduction comparable with the last (:meth:`step`); a
+        Part of what makes one step's reduction comparable with the last (``ONE_PASS``); a
         group with lr 0 does not count in most reducing algorithms.
         """
         return float(group["lr"]) > 0.0
