@@ -13,11 +13,12 @@ import copy
 
 import pytest
 import torch
+from torch import Tensor
 from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
 
 import fastoptim
-from fastoptim.runners import compiled_inputs
+from fastoptim.runners import compiled_direct, compiled_inputs
 from fastoptim.runners.compiled_inputs import CHUNK_SIZE
 from tests.cases import CASES, LOW_PRECISION_CASES, Case
 from tests.problems import make_batches, make_model, max_abs_diff, params_of, train, twin
@@ -34,7 +35,8 @@ def _compiled_and_loop(case: Case, dtype: torch.dtype) -> tuple[list[torch.Tenso
 
 
 def _graphs() -> int:
-    return counters["stats"]["unique_graphs"]
+    """Graphs compiled so far, through dynamo and on the runner's path without it."""
+    return counters["stats"]["unique_graphs"] + compiled_direct.compiled_chunks()
 
 
 #: Configurations with neither a square root nor a reduction: exact in float64.
@@ -121,6 +123,57 @@ def test_models_larger_than_a_chunk_equal_the_loop(name: str) -> None:
     assert max_abs_diff(*results) <= 1e-6
 
 
+def _lion_steps(shapes: list[tuple[int, ...]], backend: str, channels_last: bool = False) -> list[Tensor]:
+    """Three float64 Lion steps (exact against the loop) on fresh tensors of ``shapes``."""
+    generator = torch.Generator().manual_seed(len(shapes))
+
+    def tensor(shape: tuple[int, ...]) -> Tensor:
+        value = torch.randn(shape, generator=generator, dtype=torch.float64)
+        return value.to(memory_format=torch.channels_last) if channels_last and len(shape) == 4 else value
+
+    params = [torch.nn.Parameter(tensor(shape)) for shape in shapes]
+    optimizer = fastoptim.Lion(params, lr=1e-2, weight_decay=0.25, backend=backend)
+    for _ in range(3):
+        for param in params:
+            param.grad = tensor(param.shape)
+        optimizer.step()
+    return [param.detach() for param in params]
+
+
+def test_a_chunk_compiled_without_dynamo_steps_tensors_of_any_size() -> None:
+    """On the CPU the runner compiles flat chunks itself and calls them without dynamo's guards,
+    so the graph must keep each row's size its own and free: compiled first for 20 tensors of one
+    size (which duck shaping would tie together), it steps tensors of 19 other sizes exactly, with
+    no graph through dynamo."""
+    compiled_direct.clear()
+    dynamo_graphs, direct_graphs = counters["stats"]["unique_graphs"], compiled_direct.compiled_chunks()
+    same_size = [(6,)] * 20
+    other_sizes = [(size,) for size in range(3, 41, 2)] + [(3, 1000)]
+    for shapes in (same_size, other_sizes):
+        assert max_abs_diff(_lion_steps(shapes, "compiled"), _lion_steps(shapes, "loop")) == 0.0
+    assert counters["stats"]["unique_graphs"] == dynamo_graphs
+    assert compiled_direct.compiled_chunks() == direct_graphs + 1, "one chunk of 16 serves both models"
+
+
+def test_tensors_that_are_not_flat_go_through_torch_compile() -> None:
+    """Channels-last weights (not contiguous) and one-element parameters are not flat: their rows
+    fall back to torch.compile, and the step still equals the loop's."""
+    shapes = [(4, 3, 2, 2), (1,), (4,), (2, 2, 3, 3)]
+    assert (
+        max_abs_diff(
+            _lion_steps(shapes, "compiled", channels_last=True),
+            _lion_steps(shapes, "loop", channels_last=True),
+        )
+        == 0.0
+    )
+    weight = torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last)
+    kept = compiled_inputs.owned_inputs({}, (weight, torch.zeros_like(weight), None), flatten=True)
+    assert compiled_inputs.row_of(kept, torch.zeros_like(weight), flatten=True)[1] is None
+    one = torch.zeros(1)
+    kept = compiled_inputs.owned_inputs({}, (one, torch.zeros(1), None), flatten=True)
+    assert compiled_inputs.row_of(kept, torch.zeros(1), flatten=True)[1] is None
+
+
 def test_moved_parameters_and_loaded_states_are_updated_where_they_now_live() -> None:
     """The runner keeps 1-D aliases of parameters and states between steps: moving them
     (``p.data = ...``, ``load_state_dict``) must not leave it updating the old memory."""
@@ -151,6 +204,7 @@ def test_kernels_use_every_thread_whatever_sizes_they_were_compiled_for() -> Non
     param = torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
     param.grad = torch.randn(8, dtype=torch.float64)
     optimizer = fastoptim.SGD([param], lr=1e-2, momentum=0.9, backend="compiled")
+    compiled_direct.clear()
     no_caches = torch._inductor.config.patch(fx_graph_cache=False)
     with no_caches, torch._functorch.config.patch(enable_autograd_cache=False):
         _, codes = run_and_get_code(optimizer.step)
@@ -171,6 +225,7 @@ def test_a_reduction_and_the_update_of_what_it_read_are_one_loop() -> None:
     param.grad = torch.randn(8, dtype=torch.float64)
     optimizer = fastoptim.DAdaptAdam([param], backend="compiled")
     optimizer.step()  # the first step runs in two phases, on the loop runner
+    compiled_direct.clear()
     no_caches = torch._inductor.config.patch(fx_graph_cache=False)
     with no_caches, torch._functorch.config.patch(enable_autograd_cache=False):
         _, codes = run_and_get_code(optimizer.step)

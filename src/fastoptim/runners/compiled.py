@@ -1,9 +1,12 @@
-"""The compiled runner: each tensor's whole update as one ``torch.compile``'d kernel.
+"""The compiled runner: each tensor's whole update as one inductor-compiled kernel.
 
 The same ``apply`` (rule, low precision, L2, Kahan, decoupled decay) the eager runners call is
 traced with :class:`~fastoptim.runners.compiled_ops.CompiledOps`, so inductor fuses a step into
 one pass over the parameter, its gradient and its states (two for reducing algorithms: the
-reduction, then the update).
+reduction, then the update). Chunks of flat tensors on the CPU are traced and compiled by
+:mod:`~fastoptim.runners.compiled_direct` and called without dynamo, which saves most of the
+Python a call costs; every other chunk goes through ``torch.compile`` (``fullgraph=True``,
+dynamic shapes). Both compile with the options below.
 
 What decides a compilation, and what does not:
 
@@ -11,7 +14,8 @@ What decides a compilation, and what does not:
   parameter of a model (dtype and device still count; AdamP/SGDP keep their shapes for the
   projection, and non-contiguous tensors such as channels_last weights keep theirs).
 * One call updates a chunk of :data:`~fastoptim.runners.compiled_inputs.CHUNK_SIZE` tensors
-  (one loop each), which spreads the fixed cost of a call (guards, wrappers) over the chunk; the
+  (one loop each), which spreads the fixed cost of a call (wrappers, and guards through
+  ``torch.compile``) over the chunk; the
   last chunk is padded (:mod:`~fastoptim.runners.compiled_inputs`), so a model of any size needs
   one graph. Sizes within a chunk are independent symbols (no duck shaping), so tensors of equal
   size in one model do not tie the graph to that model.
@@ -43,7 +47,8 @@ from torch.fx.experimental import _config as symbolic_shapes_config
 
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
-from fastoptim.runners.compiled_inputs import as_input, chunks, owned_inputs
+from fastoptim.runners.compiled_direct import run_direct, scalar_signature
+from fastoptim.runners.compiled_inputs import Layout, Row, chunks, owned_cache, owned_inputs, row_of
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.reduction_fusion import CACHE_KEY, reduction_update_fusion
 
@@ -149,29 +154,40 @@ def _compile_settings() -> Iterator[None]:
             setattr(config, name, value)
 
 
-def _rows(optimizer: Any, bucket: Bucket) -> list[Any]:
-    """The inputs of each parameter of ``bucket``: ``(param, grad, states, kahan_comp)``."""
+def _rows(optimizer: Any, bucket: Bucket) -> tuple[list[Row], list[Layout]]:
+    """Each parameter's inputs ``(param, grad, states, kahan_comp)``, and their layouts."""
     flatten = not optimizer.NEEDS_SHAPES
-    rows = []
+    cache = owned_cache(optimizer)
+    rows, layouts = [], []
     for param, grad, states, comp in bucket.tensors():
-        own = owned_inputs(optimizer, (param, *states, comp), flatten)
-        rows.append((own[0], as_input(grad, flatten), own[1:-1], own[-1]))
-    return rows
+        row, layout = row_of(owned_inputs(cache, (param, *states, comp), flatten), grad, flatten)
+        rows.append(row)
+        layouts.append(layout)
+    return rows, layouts
 
 
 def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
     """Applies ``apply`` to each tensor of ``bucket`` through the compiled step.
 
+    Chunks of flat tensors on the CPU run without dynamo (:mod:`~fastoptim.runners.compiled_direct`),
+    the others through ``torch.compile``.
+
     Returns:
         What ``apply`` returned, per tensor (partial sums in a reduction phase).
     """
     scalars = _tensor_scalars(bucket.scalars, bucket.dtype, optimizer.FLOAT64_SCALARS)
+    signature = scalar_signature(scalars)
     algorithm = _algorithm(optimizer)
     if "compiled_rows" not in bucket.prepared:
         bucket.prepared["compiled_rows"] = _rows(optimizer, bucket)
-    rows = bucket.prepared["compiled_rows"]
+    rows, layouts = bucket.prepared["compiled_rows"]
     results = []
-    with _compile_settings(), reduction_update_fusion():
-        for chunk, real in chunks(rows):
-            results.extend(_compiled_chunk(apply, algorithm, chunk, scalars, update_params)[:real])
+    for chunk, chunk_layouts, real in chunks(rows, layouts):
+        result = run_direct(
+            apply, algorithm, chunk, chunk_layouts, scalars, signature, update_params, INDUCTOR_OPTIONS
+        )
+        if result is None:
+            with _compile_settings(), reduction_update_fusion():
+                result = _compiled_chunk(apply, algorithm, chunk, scalars, update_params)
+        results.extend(result[:real])
     return results

@@ -14,6 +14,9 @@ per step, as possible:
 * The last chunk of a long bucket is filled up with padding rows of two-element tensors (zeros
   at first, whatever the step makes of them later; their results are dropped), so a model of
   any size needs one graph, not one per chunk length.
+* Each row comes with its :data:`Layout`: the dtypes of its tensors when all of them are flat
+  (1-D, contiguous, of the parameter's size, at least two elements), which is what a chunk
+  called without dynamo (:mod:`~fastoptim.runners.compiled_direct`) is specialised on.
 """
 
 from __future__ import annotations
@@ -25,17 +28,24 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Rows per compiled call. One call costs about 40 µs of guards and wrappers on a CPU, plus about
-#: 5 µs per row; 32 or 64 rows per call were no faster on a 100-tensor model and took 7 and 14
-#: times as long to compile.
+#: Rows per compiled call. Through ``torch.compile`` one call cost about 30 µs of guards and
+#: wrappers on the development CPU plus about 5 µs per row, and 32 or 64 rows per call were no
+#: faster on a 100-tensor model while they took 7 and 14 times as long to compile; called without
+#: dynamo, a call of 16 rows costs about 32 µs in all.
 CHUNK_SIZE = 16
 #: Elements along each dimension of a padding tensor; sizes 0 and 1 would be specialised.
 _PADDING_SIZE = 2
 
 Row = tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor | None]
+#: A row's dtypes, ``(param, grad, states, kahan_comp or None)``, when every tensor of the row is
+#: flat (1-D, contiguous, with the parameter's number of elements, at least 2); None otherwise.
+Layout = tuple[torch.dtype, torch.dtype, tuple[torch.dtype, ...], torch.dtype | None] | None
+#: What is kept for a parameter's own tensors: their inputs, their numbers of elements (to tell
+#: when one changed size in place) and their dtypes when all are flat (see :data:`Layout`).
+Owned = tuple[tuple[Tensor | None, ...], tuple[int, ...], tuple[torch.dtype | None, ...] | None]
 
-#: Per optimizer: parameter id -> the inputs made for its own tensors (see :func:`owned_inputs`).
-_OWNED: weakref.WeakKeyDictionary[Any, dict[int, tuple[Tensor | None, ...]]] = weakref.WeakKeyDictionary()
+#: Per optimizer: parameter id -> what :func:`owned_inputs` made for its own tensors.
+_OWNED: weakref.WeakKeyDictionary[Any, dict[int, Owned]] = weakref.WeakKeyDictionary()
 #: Padding rows per layout (dtype, device and rank of each tensor of a row).
 _PADDING: dict[tuple[Any, ...], list[Row]] = {}
 
@@ -49,46 +59,65 @@ def as_input(tensor: Tensor | None, flatten: bool) -> Tensor | None:
     return tensor.detach()
 
 
-def _still_flat_aliases(aliases: tuple[Tensor | None, ...], tensors: tuple[Tensor | None, ...]) -> bool:
-    """Whether each of ``aliases`` is still the 1-D alias of the memory of the same of ``tensors``.
+def _still_aliases(kept: Owned, tensors: tuple[Tensor | None, ...]) -> bool:
+    """Whether the kept inputs still share the memory of ``tensors``, element for element.
 
     A tensor that moved has another address; one that was reshaped in place (``p.data =
     p.data.t()``) keeps it but is no longer contiguous or has another size. (A new dtype at the
     same address would need a reinterpreting view, which no optimizer state or parameter is.)
     """
-    if len(aliases) != len(tensors):
+    inputs, sizes, _ = kept
+    if len(inputs) != len(tensors):
         return False
-    for alias, tensor in zip(aliases, tensors, strict=True):
+    for alias, size, tensor in zip(inputs, sizes, tensors, strict=True):
         if tensor is None or alias is None:
             if alias is not tensor:
                 return False
-        elif (
-            alias.data_ptr() != tensor.data_ptr()
-            or alias.numel() != tensor.numel()
-            or not tensor.is_contiguous()
-        ):
+        elif alias.data_ptr() != tensor.data_ptr() or tensor.numel() != size or not tensor.is_contiguous():
             return False
     return True
 
 
-def owned_inputs(
-    optimizer: Any, owned: tuple[Tensor | None, ...], flatten: bool
-) -> tuple[Tensor | None, ...]:
-    """The inputs for a parameter's own tensors ``(param, *states, kahan_comp)``, kept between steps.
+def _flat_dtypes(tensors: tuple[Tensor | None, ...], numel: int) -> tuple[torch.dtype | None, ...] | None:
+    """The dtypes of 1-D aliases of ``numel`` (at least 2) elements each; None for anything else."""
+    if numel < 2 or any(t is not None and (t.dim() != 1 or t.numel() != numel) for t in tensors):
+        return None
+    return tuple(None if t is None else t.dtype for t in tensors)
 
-    Kept only when every one is a flat alias (``flatten`` and contiguous); the cache holds one
-    entry per parameter and replaces it when a tensor moved, so it never grows past the model.
+
+def owned_inputs(cache: dict[int, Owned], owned: tuple[Tensor | None, ...], flatten: bool) -> Owned:
+    """What the runner passes for a parameter's own tensors ``(param, *states, kahan_comp)``.
+
+    Kept in ``cache`` (one per optimizer, see :func:`owned_cache`) only when every one is a flat
+    alias (``flatten`` and contiguous); the cache holds one entry per parameter and replaces it
+    when a tensor moved, so it never grows past the model.
     """
-    if not flatten:
-        return tuple(as_input(t, flatten) for t in owned)
-    cache = _OWNED.setdefault(optimizer, {})
-    cached = cache.get(id(owned[0]))
-    if cached is not None and _still_flat_aliases(cached, owned):
-        return cached
+    if flatten:
+        kept = cache.get(id(owned[0]))
+        if kept is not None and _still_aliases(kept, owned):
+            return kept
     inputs = tuple(as_input(t, flatten) for t in owned)
-    if all(t is None or t.is_contiguous() for t in owned):
-        cache[id(owned[0])] = inputs
-    return inputs
+    sizes = tuple(0 if t is None else t.numel() for t in owned)
+    flat = all(t is None or t.is_contiguous() for t in owned)
+    kept = (inputs, sizes, _flat_dtypes(inputs, sizes[0]) if flatten and flat else None)
+    if flatten and flat:
+        cache[id(owned[0])] = kept
+    return kept
+
+
+def owned_cache(optimizer: Any) -> dict[int, Owned]:
+    """The cache of :func:`owned_inputs` for ``optimizer``'s parameters."""
+    return _OWNED.setdefault(optimizer, {})
+
+
+def row_of(kept: Owned, grad: Tensor, flatten: bool) -> tuple[Row, Layout]:
+    """A parameter's row from its kept inputs and its gradient, with the row's layout."""
+    inputs, _, dtypes = kept
+    grad_input = as_input(grad, flatten)
+    row = (inputs[0], grad_input, inputs[1:-1], inputs[-1])
+    if dtypes is None or grad_input.dim() != 1 or not grad_input.is_contiguous():
+        return row, None
+    return row, (dtypes[0], grad_input.dtype, dtypes[1:-1], dtypes[-1])
 
 
 def _padding_tensor(like: Tensor | None) -> Tensor | None:
@@ -115,7 +144,10 @@ def _padding(like: Row, count: int) -> list[Row]:
     return rows[:count]
 
 
-def chunks(rows: list[Row]) -> Iterator[tuple[tuple[Row, ...], int]]:
+Chunk = tuple[tuple[Row, ...], tuple[Layout, ...], int]
+
+
+def chunks(rows: list[Row], layouts: list[Layout]) -> Iterator[Chunk]:
     """``rows`` cut into the chunks of one call each: one graph serves a bucket of any length.
 
     A bucket of fewer than :data:`CHUNK_SIZE` rows is run one row per call; a longer one in
@@ -123,15 +155,18 @@ def chunks(rows: list[Row]) -> Iterator[tuple[tuple[Row, ...], int]]:
     calls but compile a 16-row graph for every small model: 7 s more on a CPU.)
 
     Yields:
-        ``(chunk, real)``: the chunk's rows and how many of them (the first ones) are ``rows``'.
+        ``(chunk, layouts, real)``: the chunk's rows, their layouts, and how many of them (the
+        first ones) are ``rows``'. Padding rows have the layout of the row they copy.
     """
     if len(rows) < CHUNK_SIZE:
-        for row in rows:
-            yield (row,), 1
+        for row, layout in zip(rows, layouts, strict=True):
+            yield (row,), (layout,), 1
         return
     for start in range(0, len(rows), CHUNK_SIZE):
         chunk = rows[start : start + CHUNK_SIZE]
+        chunk_layouts = layouts[start : start + CHUNK_SIZE]
         real = len(chunk)
         if real < CHUNK_SIZE:
             chunk = chunk + _padding(chunk[-1], CHUNK_SIZE - real)
-        yield tuple(chunk), real
+            chunk_layouts = chunk_layouts + [chunk_layouts[-1]] * (CHUNK_SIZE - real)
+        yield tuple(chunk), tuple(chunk_layouts), real
