@@ -214,17 +214,19 @@ def test_kernels_use_every_thread_whatever_sizes_they_were_compiled_for() -> Non
     assert all(lines[index - 1] == "#pragma omp for" for index in loops)
 
 
-def test_a_reduction_and_the_update_of_what_it_read_are_one_loop() -> None:
+@pytest.mark.parametrize("name", ["DAdaptAdam", "DAdaptLion"])
+def test_a_reduction_and_the_update_of_what_it_read_are_one_loop(name: str) -> None:
     """DAdaptAdam's steady step sums over its old states and then updates them and the parameter
-    in place: one pass over memory with :mod:`fastoptim.runners.reduction_fusion`, where inductor
+    in place; DAdaptLion's sums over its old states, updates them, then sums over the new ones.
+    One pass over memory each with :mod:`fastoptim.runners.reduction_fusion`, where inductor
     alone makes two.
 
     Runs last, as the test above: ``run_and_get_code`` resets dynamo.
     """
     param = torch.nn.Parameter(torch.randn(8, dtype=torch.float64))
     param.grad = torch.randn(8, dtype=torch.float64)
-    optimizer = fastoptim.DAdaptAdam([param], backend="compiled")
-    optimizer.step()  # the first step runs in two phases, on the loop runner
+    optimizer = getattr(fastoptim, name)([param], backend="compiled")
+    optimizer.step()  # DAdaptAdam's first step runs in two phases, on the loop runner
     compiled_direct.clear()
     no_caches = torch._inductor.config.patch(fx_graph_cache=False)
     with no_caches, torch._functorch.config.patch(enable_autograd_cache=False):

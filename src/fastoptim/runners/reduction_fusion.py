@@ -8,8 +8,12 @@ later reduction over the same elements, but never a reduction into a later point
 became two loops over every tensor, one to sum and one to update: 10 element reads and writes
 where 7 suffice, and DAdaptAdam's first phase took 20 ms where its traffic needs 12.
 
-The pair is safe to fuse when the pointwise node does not read the reduction's result (it
-would need the finished sum) and iterates over exactly the reduction's elements. What orders
+DAdaptLion's phase sums over its old ``s``, updates ``s``, then sums over the new ``s``: a
+reduction followed by a reduction that reads what the update wrote, again two loops.
+
+The pair is safe to fuse when the second node does not read the reduction's result (it would
+need the finished sum) and iterates over exactly the reduction's elements (a pointwise node over
+all of them, or a reduction over the same ones). What orders
 the two is then only that the update overwrites what the reduction read; the scheduler itself
 checks, before it asks the backend, that both touch the same element in the same iteration
 (``Scheduler.fusable_weak_dep``), and the CPU backend already generates such a fused loop (the
@@ -56,12 +60,18 @@ CACHE_KEY = _FusionCacheKey()
 
 
 def _reduction_then_its_update(node1: Any, node2: Any) -> bool:
-    """Whether ``node2`` is a pointwise pass over ``node1``'s reduced elements, blind to its result."""
-    if not node1.is_reduction() or node2.is_reduction() or node1.is_template() or node2.is_template():
+    """Whether ``node2`` is a pass over ``node1``'s reduced elements, blind to ``node1``'s result.
+
+    ``node2`` is pointwise, or itself a reduction over the same elements (a sum over the states
+    the update just wrote, as DAdaptLion's).
+    """
+    if not node1.is_reduction() or node1.is_template() or node2.is_template():
         return False
     _, (vars1, reduce1) = node1.group
     _, (vars2, reduce2) = node2.group
-    if tuple(reduce2) or tuple(vars2) != tuple(vars1) + tuple(reduce1):
+    same_loop = tuple(vars2) == tuple(vars1) and tuple(reduce2) == tuple(reduce1)
+    flat_loop = not tuple(reduce2) and tuple(vars2) == tuple(vars1) + tuple(reduce1)
+    if not (same_loop if node2.is_reduction() else flat_loop):
         return False
     results = node1.get_buffer_names()
     return not any(dep.name in results for dep in node2.read_writes.reads if not isinstance(dep, WeakDep))
