@@ -47,3 +47,22 @@ def test_schedule_reaching_zero_does_not_crash() -> None:
         before = [p.detach().clone() for p in model.parameters()]
         optimizer.step()
         assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("backend", ["loop", "compiled"])
+def test_saved_state_equals_the_official_one(backend: str) -> None:
+    """A step does not write ``z`` (always ``x0 - s``); ``state_dict()`` fills it in."""
+    states = []
+    for cls, kwargs in ((dadaptation.DAdaptSGD, {}), (fastoptim.DAdaptSGD, {"backend": backend})):
+        model = tiny_mlp()
+        optimizer = cls(model.parameters(), momentum=0.9, **kwargs)
+        for seed in range(4):
+            backward_random_batch(model, seed)
+            optimizer.step()
+        states.append(optimizer.state_dict()["state"])
+    official, ours = states
+    tolerance = 1e-6 if backend == "compiled" else 0.0  # the loop is bit for bit the official code
+    assert official.keys() == ours.keys()
+    for index, state in official.items():
+        for key in ("z", "s", "x0"):
+            assert torch.allclose(ours[index][key], state[key], rtol=0, atol=tolerance)

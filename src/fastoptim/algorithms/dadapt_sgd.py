@@ -45,6 +45,11 @@ class DAdaptSGD(Optimizer):
     once per step. As officially, the first-gradient norm leaves out weight decay, and
     ``momentum``, ``weight_decay`` and ``growth_rate`` come from the first group.
 
+    The state ``z`` is always :math:`x_0 - s` after a step and nothing reads it, so a step does
+    not write it (a write-only stream of memory cost 9 of 22 ms in the compiled step of a
+    20M-parameter model); :meth:`state_dict` fills it in, so checkpoints hold the official state.
+    Read ``state_dict()``, not ``optimizer.state[p]["z"]``, for its current value.
+
     Args:
         params: Tensors to optimise or dicts defining parameter groups.
         lr: Learning-rate multiplier :math:`\gamma` (default: 1.0).
@@ -147,6 +152,14 @@ class DAdaptSGD(Optimizer):
     def update(
         self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace
     ) -> RuleResult:
-        z, sums, x0 = state
-        z = ops.add_scaled_into(z, x0, sums, -1.0)  # z = x0 - s
-        return primal_average_step(ops, param, z, s.averaging), (z, sums, x0)
+        z_buffer, sums, x0 = state
+        z = ops.sub(x0, sums)  # not stored: see the class docstring
+        return primal_average_step(ops, param, z, s.averaging), (z_buffer, sums, x0)
+
+    @torch.no_grad()
+    def state_dict(self) -> dict[str, Any]:
+        """The state as :class:`torch.optim.Optimizer` saves it, with ``z`` = ``x0 - s`` filled in."""
+        for state in self.state.values():
+            if "z" in state:
+                torch.sub(state["x0"], state["s"], out=state["z"])
+        return super().state_dict()

@@ -36,7 +36,6 @@ from typing import Any
 
 import sympy
 import torch
-import torch.utils._pytree as pytree
 from torch import Tensor
 from torch._dynamo.source import ConstantSource
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -59,15 +58,21 @@ class _CompiledChunk:
 
     artifact: Callable[..., Any]
     scalar_names: tuple[str, ...]
-    #: Which leaves of what ``apply`` returned (flattened over the rows) are tensors (the
-    #: artifact's outputs, in order); the others are None.
-    tensor_leaves: tuple[bool, ...]
-    results: pytree.TreeSpec
+    #: Per row, what ``apply`` returned: None, or how many tensors (the artifact's next outputs,
+    #: returned as a tuple: the partial sums of a reduction).
+    results: tuple[int | None, ...]
 
     def __call__(self, inputs: list[Tensor]) -> list[Any]:
-        outputs = iter(self.artifact(*inputs))
-        leaves = [next(outputs) if is_tensor else None for is_tensor in self.tensor_leaves]
-        return pytree.tree_unflatten(leaves, self.results)
+        outputs = self.artifact(*inputs)
+        results: list[Any] = []
+        position = 0
+        for count in self.results:
+            if count is None:
+                results.append(None)
+            else:
+                results.append(tuple(outputs[position : position + count]))
+                position += count
+        return results
 
 
 #: Compiled chunks by key (see the module's docstring); None marks a chunk that failed to compile.
@@ -97,6 +102,10 @@ def scalar_signature(scalars: SimpleNamespace) -> tuple[Any, ...] | None:
     return tuple(signature)
 
 
+def _is_tensor(value: Any) -> bool:
+    return isinstance(value, Tensor)
+
+
 def _row_tensors(row: Row) -> list[Tensor]:
     param, grad, states, comp = row
     return [param, grad, *states, *([] if comp is None else [comp])]
@@ -108,11 +117,11 @@ def _chunk_step(
     scalars: SimpleNamespace,
     layouts: tuple[Layout, ...],
     update_params: bool,
-) -> tuple[Callable[..., list[Tensor]], tuple[str, ...], list[pytree.TreeSpec]]:
+) -> tuple[Callable[..., list[Tensor]], tuple[str, ...], list[tuple[int | None, ...]]]:
     """The chunk's step as a function of tensors only: the scalar tensors, then each row's."""
     names = tuple(name for name, value in vars(scalars).items() if isinstance(value, Tensor))
     constants = {name: value for name, value in vars(scalars).items() if name not in names}
-    spec: list[tuple[tuple[Any, ...], pytree.TreeSpec]] = []
+    spec: list[tuple[int | None, ...]] = []
 
     def step(*tensors: Tensor) -> list[Tensor]:
         step_scalars = SimpleNamespace(**constants, **dict(zip(names, tensors, strict=False)))
@@ -127,11 +136,10 @@ def _chunk_step(
             results.append(
                 apply(algorithm, CompiledOps, param, grad, row_states, row_comp, step_scalars, update_params)
             )
-        leaves, tree = pytree.tree_flatten(results)
-        if not all(leaf is None or isinstance(leaf, Tensor) for leaf in leaves):
-            raise TypeError("a compiled chunk can only return tensors and None")
-        spec.append((tuple(leaf is not None for leaf in leaves), tree))
-        return [leaf for leaf in leaves if leaf is not None]
+        if any(r is not None and (type(r) is not tuple or not all(map(_is_tensor, r))) for r in results):
+            raise TypeError("a compiled chunk's rows can only return None or a tuple of tensors")
+        spec.append(tuple(None if r is None else len(r) for r in results))
+        return [t for r in results if r is not None for t in r]
 
     return step, names, spec
 
@@ -147,30 +155,28 @@ def _symbolic(fake_mode: FakeTensorMode, inputs: list[Tensor]) -> list[Tensor]:
 
 
 def _sizes_independent_and_free(graph: torch.fx.GraphModule, n_scalars: int, widths: list[int]) -> bool:
-    """Whether each row of the traced graph has one size of its own, valid for any value >= 2.
+    """Whether the traced graph's sizes are free symbols of their own rows, valid for any value >= 2.
 
-    The graph's inputs must be 0-d scalars, then rows whose tensors all have the same size, a
-    symbol no other row shares; every guard the trace recorded must follow from those sizes
-    being at least 2.
+    The graph's inputs must be 0-d scalars, then 1-D rows whose sizes are symbols shared by no
+    other row (within a row, the tensors the step relates share one; a tensor the step does not
+    read keeps its own); every guard the trace recorded must follow from the sizes being at
+    least 2.
     """
     values = [node.meta.get("val") for node in graph.graph.nodes if node.op == "placeholder"]
     if len(values) != n_scalars + sum(widths) or any(v is None or v.dim() != 0 for v in values[:n_scalars]):
         return False
-    symbols = []
+    row_of_symbol: dict[Any, int] = {}
     position = n_scalars
-    for width in widths:
-        row = values[position : position + width]
+    for row, width in enumerate(widths):
+        for value in values[position : position + width]:
+            if value.dim() != 1 or not isinstance(value.shape[0], torch.SymInt):
+                return False
+            symbol = value.shape[0].node.expr
+            if not symbol.is_Symbol or row_of_symbol.setdefault(symbol, row) != row:
+                return False
         position += width
-        if any(v.dim() != 1 or not isinstance(v.shape[0], torch.SymInt) for v in row):
-            return False
-        sizes = {v.shape[0].node.expr for v in row}
-        if len(sizes) != 1 or not next(iter(sizes)).is_Symbol:
-            return False
-        symbols.append(next(iter(sizes)))
-    if len(set(symbols)) != len(symbols):
-        return False
     shape_env = values[n_scalars].shape[0].node.shape_env
-    for symbol in symbols:
+    for symbol in row_of_symbol:
         bounds = shape_env.var_to_range.get(symbol)
         if bounds is None or bounds.lower > 2 or bounds.upper != int_oo:
             return False
@@ -198,7 +204,7 @@ def _compile(
             fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_fallback_kernels=False)
             graph = make_fx(step, tracing_mode="symbolic")(*_symbolic(fake_mode, inputs))
         if not _sizes_independent_and_free(graph, len(names), widths):
-            return None
+            raise ValueError("the traced sizes are not free symbols of their own rows")
         symbolic_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
         with reduction_update_fusion(), torch._guards.tracing(torch._guards.TracingContext(fake_mode)):
             artifact = torch._inductor.standalone_compile(
@@ -215,7 +221,7 @@ def _compile(
             stacklevel=2,
         )
         return None
-    return _CompiledChunk(artifact, names, *spec[-1])
+    return _CompiledChunk(artifact, names, spec[-1])
 
 
 def run_direct(
