@@ -174,6 +174,16 @@ def test_tensors_that_are_not_flat_go_through_torch_compile() -> None:
     assert compiled_inputs.row_of(kept, torch.zeros(1), flatten=True)[1] is None
 
 
+def test_switching_torch_compile_off_also_switches_off_the_compiled_chunks() -> None:
+    """``TORCH_COMPILE_DISABLE=1`` (dynamo's ``disable``) is for debugging: the runner then compiles
+    nothing and runs the same code eagerly, exactly as the loop does."""
+    compiled_direct.clear()
+    with torch._dynamo.config.patch(disable=True):
+        compiled = _lion_steps([(5,), (3, 4)], "compiled")
+    assert compiled_direct.compiled_chunks() == 0
+    assert max_abs_diff(compiled, _lion_steps([(5,), (3, 4)], "loop")) == 0.0
+
+
 def test_moved_parameters_and_loaded_states_are_updated_where_they_now_live() -> None:
     """The runner keeps 1-D aliases of parameters and states between steps: moving them
     (``p.data = ...``, ``load_state_dict``) must not leave it updating the old memory."""

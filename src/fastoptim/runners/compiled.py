@@ -47,7 +47,7 @@ from torch.fx.experimental import _config as symbolic_shapes_config
 
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
-from fastoptim.runners.compiled_direct import run_direct, scalar_signature
+from fastoptim.runners.compiled_direct import compile_disabled, run_direct, scalar_signature
 from fastoptim.runners.compiled_inputs import Layout, Row, chunks, owned_cache, owned_inputs, row_of
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.reduction_fusion import CACHE_KEY, reduction_update_fusion
@@ -186,7 +186,9 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
         result = run_direct(
             apply, algorithm, chunk, chunk_layouts, scalars, signature, update_params, INDUCTOR_OPTIONS
         )
-        if result is None:
+        if result is None and compile_disabled():  # for debugging: the same code, eagerly
+            result = _step_chunk(apply, algorithm, chunk, scalars, update_params)
+        elif result is None:
             with _compile_settings(), reduction_update_fusion():
                 result = _compiled_chunk(apply, algorithm, chunk, scalars, update_params)
         results.extend(result[:real])

@@ -18,12 +18,14 @@ without dynamo. The runner is then its own guard. A compiled chunk is specialise
 * per row, the dtypes of the parameter, gradient, states and Kahan buffer, and that all are flat;
 * one size per row, each at least 2, which the trace must leave symbolic and independent of the
   other rows' (checked after tracing: a graph whose shape guards are not implied by that is
-  not used).
+  not used);
+* whether deterministic algorithms are on.
 
 :func:`run_direct` keys its compiled chunks on exactly those, and returns None for a chunk it
-cannot take (another device, a tensor that is not flat, scalars of other types); the runner
-then uses ``torch.compile``. A chunk that fails to trace or compile warns once and also falls
-back. (CUDA keeps ``torch.compile``: this path has not been measured on a GPU.)
+cannot take (another device, a tensor that is not flat, scalars of other types); the runner then
+uses ``torch.compile``, and a chunk that fails to trace or compile warns once and falls back too.
+With ``torch.compile`` switched off (:func:`compile_disabled`) the runner runs the same code
+eagerly. (CUDA keeps ``torch.compile``: this path has not been measured on a GPU.)
 """
 
 from __future__ import annotations
@@ -87,6 +89,11 @@ def compiled_chunks() -> int:
 def clear() -> None:
     """Forgets every compiled chunk (the next step compiles again)."""
     _COMPILED.clear()
+
+
+def compile_disabled() -> bool:
+    """Whether ``torch.compile`` is switched off (``TORCH_COMPILE_DISABLE=1``): chunks run eagerly."""
+    return bool(torch._dynamo.config.disable)
 
 
 def scalar_signature(scalars: SimpleNamespace) -> tuple[Any, ...] | None:
@@ -184,15 +191,14 @@ def _sizes_independent_and_free(graph: torch.fx.GraphModule, n_scalars: int, wid
 
 
 def _compile(
-    apply: Callable[..., Any],
-    algorithm: Any,
+    chunk_step: tuple[Callable[..., list[Tensor]], tuple[str, ...], list[tuple[int | None, ...]]],
     chunk: tuple[Row, ...],
-    layouts: tuple[Layout, ...],
     scalars: SimpleNamespace,
-    update_params: bool,
     options: dict[str, Any],
+    optimizer_name: str,
 ) -> _CompiledChunk | None:
-    step, names, spec = _chunk_step(apply, algorithm, scalars, layouts, update_params)
+    """Traces and compiles :func:`_chunk_step`'s function on ``chunk``; None (and a warning) on failure."""
+    step, names, spec = chunk_step
     inputs = [getattr(scalars, name) for name in names]
     widths = []
     for row in chunk:
@@ -215,7 +221,7 @@ def _compile(
             )
     except Exception as error:  # any failure leaves the chunk to torch.compile
         warnings.warn(
-            f"fastoptim: compiling a chunk of {type(algorithm).__name__}'s step without dynamo failed "
+            f"fastoptim: compiling a chunk of {optimizer_name}'s step without dynamo failed "
             f"({type(error).__name__}: {error}); using torch.compile for it",
             RuntimeWarning,
             stacklevel=2,
@@ -249,11 +255,13 @@ def run_direct(
     Returns:
         What ``apply`` returned per row, or None when this path cannot take the chunk.
     """
-    if signature is None or None in layouts or chunk[0][0].device.type != "cpu":
+    if signature is None or None in layouts or chunk[0][0].device.type != "cpu" or compile_disabled():
         return None
-    key = (apply, type(algorithm), update_params, signature, layouts)
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    key = (apply, type(algorithm), update_params, signature, layouts, deterministic)
     if key not in _COMPILED:
-        _COMPILED[key] = _compile(apply, algorithm, chunk, layouts, scalars, update_params, options)
+        chunk_step = _chunk_step(apply, algorithm, scalars, layouts, update_params)
+        _COMPILED[key] = _compile(chunk_step, chunk, scalars, options, type(algorithm).__name__)
     compiled = _COMPILED[key]
     if compiled is None:
         return None
