@@ -172,6 +172,12 @@ def test_tensors_that_are_not_flat_go_through_torch_compile() -> None:
     one = torch.zeros(1)
     kept = compiled_inputs.owned_inputs({}, (one, torch.zeros(1), None), flatten=True)
     assert compiled_inputs.row_of(kept, torch.zeros(1), flatten=True)[1] is None
+    strided = torch.zeros(10)[::2]  # 1-D, but not contiguous
+    kept = compiled_inputs.owned_inputs({}, (strided, torch.zeros(5), None), flatten=True)
+    assert compiled_inputs.row_of(kept, torch.zeros(5), flatten=True)[1] is None
+    kept = compiled_inputs.owned_inputs({}, (torch.zeros(5), torch.zeros(5), None), flatten=True)
+    assert compiled_inputs.row_of(kept, torch.zeros(10)[::2], flatten=True)[1] is None
+    assert compiled_inputs.row_of(kept, torch.zeros(5), flatten=True)[1] is not None
 
 
 def test_switching_torch_compile_off_also_switches_off_the_compiled_chunks() -> None:

@@ -40,9 +40,52 @@ Row = tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor | None]
 #: A row's dtypes, ``(param, grad, states, kahan_comp or None)``, when every tensor of the row is
 #: flat (1-D, contiguous, with the parameter's number of elements, at least 2); None otherwise.
 Layout = tuple[torch.dtype, torch.dtype, tuple[torch.dtype, ...], torch.dtype | None] | None
-#: What is kept for a parameter's own tensors: their inputs, their numbers of elements (to tell
-#: when one changed size in place) and their dtypes when all are flat (see :data:`Layout`).
-Owned = tuple[tuple[Tensor | None, ...], tuple[int, ...], tuple[torch.dtype | None, ...] | None]
+
+
+class Owned:
+    """What the runner keeps of a parameter's own tensors ``(param, *states, kahan_comp)``.
+
+    Attributes:
+        param, states, comp: The inputs made for them (1-D aliases when flat).
+        pointers, sizes: The tensors' addresses and numbers of elements when the inputs were
+            made (None for a missing Kahan buffer), to tell when one moved or was resized.
+        layout: The row's :data:`Layout` for a gradient of the parameter's dtype; None when
+            not every tensor is flat.
+    """
+
+    __slots__ = ("comp", "flat", "layout", "param", "pointers", "sizes", "states")
+
+    def __init__(self, owned: tuple[Tensor | None, ...], flatten: bool) -> None:
+        inputs = tuple(as_input(t, flatten) for t in owned)
+        self.param, self.states, self.comp = inputs[0], inputs[1:-1], inputs[-1]
+        self.pointers = tuple(None if t is None else t.data_ptr() for t in owned)
+        self.sizes = tuple(0 if t is None else t.numel() for t in owned)
+        #: Whether every input is a 1-D alias of a contiguous tensor (and so kept between steps).
+        self.flat = flatten and all(t is None or t.is_contiguous() for t in owned)
+        self.layout: Layout = None
+        numel = self.sizes[0]
+        if self.flat and numel >= 2 and all(t is None or t.numel() == numel for t in inputs):
+            dtypes = tuple(None if t is None else t.dtype for t in inputs)
+            self.layout = (dtypes[0], dtypes[0], dtypes[1:-1], dtypes[-1])
+
+    def still_aliases(self, tensors: tuple[Tensor | None, ...]) -> bool:
+        """Whether the kept inputs still share the memory of ``tensors``, element for element.
+
+        A tensor that moved has another address; one that was reshaped in place (``p.data =
+        p.data.t()``) keeps it but is no longer contiguous or has another size. (A new dtype at
+        the same address would need a reinterpreting view, which no optimizer state or parameter
+        is.)
+        """
+        if len(tensors) != len(self.pointers):
+            return False
+        for tensor, pointer, size in zip(tensors, self.pointers, self.sizes, strict=True):
+            if tensor is None:
+                if pointer is not None:
+                    return False
+            elif tensor.data_ptr() != pointer or tensor.numel() != size or not tensor.is_contiguous():
+                return False
+        return True
+
 
 #: Per optimizer: parameter id -> what :func:`owned_inputs` made for its own tensors.
 _OWNED: weakref.WeakKeyDictionary[Any, dict[int, Owned]] = weakref.WeakKeyDictionary()
@@ -59,32 +102,6 @@ def as_input(tensor: Tensor | None, flatten: bool) -> Tensor | None:
     return tensor.detach()
 
 
-def _still_aliases(kept: Owned, tensors: tuple[Tensor | None, ...]) -> bool:
-    """Whether the kept inputs still share the memory of ``tensors``, element for element.
-
-    A tensor that moved has another address; one that was reshaped in place (``p.data =
-    p.data.t()``) keeps it but is no longer contiguous or has another size. (A new dtype at the
-    same address would need a reinterpreting view, which no optimizer state or parameter is.)
-    """
-    inputs, sizes, _ = kept
-    if len(inputs) != len(tensors):
-        return False
-    for alias, size, tensor in zip(inputs, sizes, tensors, strict=True):
-        if tensor is None or alias is None:
-            if alias is not tensor:
-                return False
-        elif alias.data_ptr() != tensor.data_ptr() or tensor.numel() != size or not tensor.is_contiguous():
-            return False
-    return True
-
-
-def _flat_dtypes(tensors: tuple[Tensor | None, ...], numel: int) -> tuple[torch.dtype | None, ...] | None:
-    """The dtypes of 1-D aliases of ``numel`` (at least 2) elements each; None for anything else."""
-    if numel < 2 or any(t is not None and (t.dim() != 1 or t.numel() != numel) for t in tensors):
-        return None
-    return tuple(None if t is None else t.dtype for t in tensors)
-
-
 def owned_inputs(cache: dict[int, Owned], owned: tuple[Tensor | None, ...], flatten: bool) -> Owned:
     """What the runner passes for a parameter's own tensors ``(param, *states, kahan_comp)``.
 
@@ -94,13 +111,10 @@ def owned_inputs(cache: dict[int, Owned], owned: tuple[Tensor | None, ...], flat
     """
     if flatten:
         kept = cache.get(id(owned[0]))
-        if kept is not None and _still_aliases(kept, owned):
+        if kept is not None and kept.still_aliases(owned):
             return kept
-    inputs = tuple(as_input(t, flatten) for t in owned)
-    sizes = tuple(0 if t is None else t.numel() for t in owned)
-    flat = all(t is None or t.is_contiguous() for t in owned)
-    kept = (inputs, sizes, _flat_dtypes(inputs, sizes[0]) if flatten and flat else None)
-    if flatten and flat:
+    kept = Owned(owned, flatten)
+    if kept.flat:
         cache[id(owned[0])] = kept
     return kept
 
@@ -112,12 +126,14 @@ def owned_cache(optimizer: Any) -> dict[int, Owned]:
 
 def row_of(kept: Owned, grad: Tensor, flatten: bool) -> tuple[Row, Layout]:
     """A parameter's row from its kept inputs and its gradient, with the row's layout."""
-    inputs, _, dtypes = kept
-    grad_input = as_input(grad, flatten)
-    row = (inputs[0], grad_input, inputs[1:-1], inputs[-1])
-    if dtypes is None or grad_input.dim() != 1 or not grad_input.is_contiguous():
-        return row, None
-    return row, (dtypes[0], grad_input.dtype, dtypes[1:-1], dtypes[-1])
+    if flatten and grad.is_contiguous():
+        grad_input = grad.view(-1).detach()
+        layout = kept.layout
+        if layout is not None and grad_input.dtype is not layout[1]:
+            layout = (layout[0], grad_input.dtype, layout[2], layout[3])
+    else:
+        grad_input, layout = grad.detach(), None
+    return (kept.param, grad_input, kept.states, kept.comp), layout
 
 
 def _padding_tensor(like: Tensor | None) -> Tensor | None:
