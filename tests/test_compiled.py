@@ -180,6 +180,25 @@ def test_tensors_that_are_not_flat_go_through_torch_compile() -> None:
     assert compiled_inputs.row_of(kept, torch.zeros(5), flatten=True)[1] is not None
 
 
+def test_a_compiled_chunk_that_specialised_its_sizes_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner checks each chunk it compiles on rows longer than those it traced: code that
+    kept the traced sizes (as a static-shape compile does) is refused with a warning, and the
+    chunk goes through torch.compile, still exact."""
+    compile_graph = torch._inductor.standalone_compile
+
+    def static_compile(graph: torch.fx.GraphModule, inputs: list[Tensor], **options: object) -> object:
+        real = [torch.rand(tuple(int(size) for size in t.shape), dtype=t.dtype) for t in inputs]
+        return compile_graph(graph, real, **{**options, "dynamic_shapes": "from_example_inputs"})
+
+    monkeypatch.setattr(torch._inductor, "standalone_compile", static_compile)
+    compiled_direct.clear()
+    with pytest.warns(RuntimeWarning, match="does not step tensors of other sizes"):
+        compiled = _lion_steps([(7,), (6, 5)], "compiled")
+    assert compiled_direct.compiled_chunks() == 0
+    compiled_direct.clear()  # the refusal is remembered; later tests compile this chunk again
+    assert max_abs_diff(compiled, _lion_steps([(7,), (6, 5)], "loop")) == 0.0
+
+
 def test_switching_torch_compile_off_also_switches_off_the_compiled_chunks() -> None:
     """``TORCH_COMPILE_DISABLE=1`` (dynamo's ``disable``) is for debugging: the runner then compiles
     nothing and runs the same code eagerly, exactly as the loop does."""

@@ -190,6 +190,47 @@ def _sizes_independent_and_free(graph: torch.fx.GraphModule, n_scalars: int, wid
     return all(shape_env._maybe_evaluate_static(guard.expr) == sympy.true for guard in shape_env.guards)
 
 
+def _probe(chunk: tuple[Row, ...], extra: int) -> list[list[Tensor]]:
+    """Per row, small uniform [0, 1) tensors of the row's dtypes: ``2 i + 3 + extra`` elements in row ``i``.
+
+    Non-negative, so that square roots of second moments stay real.
+    """
+    generator = torch.Generator().manual_seed(extra)
+    return [
+        [torch.rand(2 * i + 3 + extra, generator=generator).to(t.dtype) for t in _row_tensors(row)]
+        for i, row in enumerate(chunk)
+    ]
+
+
+def _steps_other_sizes(
+    artifact: Callable[..., Any],
+    step: Callable[..., list[Tensor]],
+    scalars: list[Tensor],
+    chunk: tuple[Row, ...],
+) -> bool:
+    """Whether ``artifact`` steps rows of sizes it was not traced with as the same step run eagerly.
+
+    The graph's sizes were checked to be free; this checks that the compiled code did not
+    specialise them anyway (it would leave the end of each longer row untouched).
+    """
+    rows = _probe(chunk, extra=29)
+    mine = [[t.clone() for t in row] for row in rows]
+    with torch.no_grad():
+        expected = step(*scalars, *(t for row in rows for t in row))
+        outputs = artifact(*scalars, *(t for row in mine for t in row))
+    pairs = list(zip(expected, outputs, strict=True))
+    pairs += [
+        (a, b) for row, my_row in zip(rows, mine, strict=True) for a, b in zip(row, my_row, strict=True)
+    ]
+    for want, got in pairs:
+        tolerance = 2e-2 if want.dtype in (torch.bfloat16, torch.float16) else 1e-4
+        if want.shape != got.shape or not torch.allclose(
+            got.float(), want.float(), rtol=tolerance, atol=tolerance
+        ):
+            return False
+    return True
+
+
 def _compile(
     chunk_step: tuple[Callable[..., list[Tensor]], tuple[str, ...], list[tuple[int | None, ...]]],
     chunk: tuple[Row, ...],
@@ -197,19 +238,20 @@ def _compile(
     options: dict[str, Any],
     optimizer_name: str,
 ) -> _CompiledChunk | None:
-    """Traces and compiles :func:`_chunk_step`'s function on ``chunk``; None (and a warning) on failure."""
+    """Compiles :func:`_chunk_step`'s function for ``chunk``'s layout; None, and a warning, on failure.
+
+    Traced on small probe rows (:func:`_probe`), then checked on longer ones
+    (:func:`_steps_other_sizes`).
+    """
     step, names, spec = chunk_step
-    inputs = [getattr(scalars, name) for name in names]
-    widths = []
-    for row in chunk:
-        tensors = _row_tensors(row)
-        widths.append(len(tensors))
-        inputs += tensors
+    scalar_inputs = [getattr(scalars, name) for name in names]
+    rows = _probe(chunk, extra=0)
     try:
         with torch.no_grad(), symbolic_shapes_config.patch(use_duck_shape=False):
             fake_mode = FakeTensorMode(shape_env=ShapeEnv(), allow_fallback_kernels=False)
+            inputs = scalar_inputs + [t for row in rows for t in row]
             graph = make_fx(step, tracing_mode="symbolic")(*_symbolic(fake_mode, inputs))
-        if not _sizes_independent_and_free(graph, len(names), widths):
+        if not _sizes_independent_and_free(graph, len(names), [len(row) for row in rows]):
             raise ValueError("the traced sizes are not free symbols of their own rows")
         symbolic_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
         with reduction_update_fusion(), torch._guards.tracing(torch._guards.TracingContext(fake_mode)):
@@ -219,6 +261,8 @@ def _compile(
                 dynamic_shapes="from_tracing_context",
                 options={"config_patches": options},
             )
+        if not _steps_other_sizes(artifact, step, scalar_inputs, chunk):
+            raise ValueError("the compiled chunk does not step tensors of other sizes as the step does")
     except Exception as error:  # any failure leaves the chunk to torch.compile
         warnings.warn(
             f"fastoptim: compiling a chunk of {optimizer_name}'s step without dynamo failed "
