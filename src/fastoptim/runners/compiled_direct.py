@@ -17,8 +17,9 @@ without dynamo. The runner is then its own guard. A compiled chunk is specialise
   other one (zeros, flags, integers), which the trace bakes in;
 * per row, the dtypes of the parameter, gradient, states and Kahan buffer, and that all are flat;
 * one size per row, each at least 2, which the trace must leave symbolic and independent of the
-  other rows' (checked after tracing: a graph whose shape guards are not implied by that is
-  not used);
+  other rows'. The chunk is traced on small probe rows; a graph whose shape guards are not
+  implied by that is not used, and the compiled code is run once on longer rows against the
+  same step run eagerly, so that code that specialised the sizes anyway is not used either;
 * whether deterministic algorithms are on.
 
 :func:`run_direct` keys its compiled chunks on exactly those, and returns None for a chunk it
