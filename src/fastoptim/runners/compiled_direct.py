@@ -228,24 +228,24 @@ def _steps_other_sizes(
     """Whether ``artifact`` steps rows of sizes it was not traced with as the same step run eagerly.
 
     The graph's sizes were checked to be free; this checks that the compiled code did not
-    specialise them anyway (it would leave the end of each longer row untouched).
+    specialise them anyway (it would leave the end of each longer row untouched). The rows'
+    tensors must agree to rounding; the partial sums only loosely (1e-2): summed in another order,
+    a sum that nearly cancels keeps few significant bits (DAdaptAdaGrad's gave 1.95e-3 against
+    2.20e-3).
     """
     rows = _probe(chunk, extra=29)
     mine = [[t.clone() for t in row] for row in rows]
     with torch.no_grad():
         expected = step(*scalars, *(t for row in rows for t in row))
         outputs = artifact(*scalars, *(t for row in mine for t in row))
-    pairs = list(zip(expected, outputs, strict=True))
-    pairs += [
-        (a, b) for row, my_row in zip(rows, mine, strict=True) for a, b in zip(row, my_row, strict=True)
-    ]
-    for want, got in pairs:
-        tolerance = 2e-2 if want.dtype in (torch.bfloat16, torch.float16) else 1e-4
-        if want.shape != got.shape or not torch.allclose(
-            got.float(), want.float(), rtol=tolerance, atol=tolerance
-        ):
-            return False
-    return True
+    pairs = [(want, got, 1e-2) for want, got in zip(expected, outputs, strict=True)]
+    for row, my_row in zip(rows, mine, strict=True):
+        for want, got in zip(row, my_row, strict=True):
+            pairs.append((want, got, 2e-2 if want.dtype in (torch.bfloat16, torch.float16) else 1e-4))
+    return all(
+        want.shape == got.shape and torch.allclose(got.float(), want.float(), rtol=tolerance, atol=tolerance)
+        for want, got, tolerance in pairs
+    )
 
 
 def _compile(
