@@ -25,8 +25,8 @@ compiled chunk is specialised on:
 
 :func:`run_direct` keys its compiled chunks on exactly those, and returns None for a chunk it
 cannot take (another device, bf16 or fp16 parameters, a tensor that is not flat, scalars of
-other types); the runner then
-uses ``torch.compile``, and a chunk that fails to trace or compile warns once and falls back too.
+other types); the runner then uses ``torch.compile``, and a chunk that fails to trace or compile
+warns once and falls back too.
 With ``torch.compile`` switched off (:func:`compile_disabled`) the runner runs the same code
 eagerly. (CUDA keeps ``torch.compile``: this path has not been measured on a GPU.)
 """
@@ -316,9 +316,9 @@ def run_direct(
     Returns:
         What ``apply`` returned per row, or None when this path cannot take the chunk.
     """
-    if signature is None or None in layouts or chunk[0][0].device.type != "cpu" or compile_disabled():
+    if signature is None or None in layouts or layouts[0][0] not in _DTYPES:
         return None
-    if layouts[0][0] not in _DTYPES:
+    if chunk[0][0].device.type != "cpu" or compile_disabled():
         return None
     deterministic = torch.are_deterministic_algorithms_enabled()
     key = (apply, type(algorithm), update_params, signature, layouts, deterministic)
