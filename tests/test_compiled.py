@@ -167,17 +167,31 @@ def test_tensors_that_are_not_flat_go_through_torch_compile() -> None:
         == 0.0
     )
     weight = torch.randn(4, 3, 2, 2).to(memory_format=torch.channels_last)
-    kept = compiled_inputs.owned_inputs({}, (weight, torch.zeros_like(weight), None), flatten=True)
-    assert compiled_inputs.row_of(kept, torch.zeros_like(weight), flatten=True)[1] is None
+    kept = compiled_inputs.owned_inputs({}, (weight, torch.zeros_like(weight), None), keep_channels=False)
+    assert compiled_inputs.row_of(kept, torch.zeros_like(weight), keep_channels=False)[1] is None
     one = torch.zeros(1)
-    kept = compiled_inputs.owned_inputs({}, (one, torch.zeros(1), None), flatten=True)
-    assert compiled_inputs.row_of(kept, torch.zeros(1), flatten=True)[1] is None
+    kept = compiled_inputs.owned_inputs({}, (one, torch.zeros(1), None), keep_channels=False)
+    assert compiled_inputs.row_of(kept, torch.zeros(1), keep_channels=False)[1] is None
     strided = torch.zeros(10)[::2]  # 1-D, but not contiguous
-    kept = compiled_inputs.owned_inputs({}, (strided, torch.zeros(5), None), flatten=True)
-    assert compiled_inputs.row_of(kept, torch.zeros(5), flatten=True)[1] is None
-    kept = compiled_inputs.owned_inputs({}, (torch.zeros(5), torch.zeros(5), None), flatten=True)
-    assert compiled_inputs.row_of(kept, torch.zeros(10)[::2], flatten=True)[1] is None
-    assert compiled_inputs.row_of(kept, torch.zeros(5), flatten=True)[1] is not None
+    kept = compiled_inputs.owned_inputs({}, (strided, torch.zeros(5), None), keep_channels=False)
+    assert compiled_inputs.row_of(kept, torch.zeros(5), keep_channels=False)[1] is None
+    kept = compiled_inputs.owned_inputs({}, (torch.zeros(5), torch.zeros(5), None), keep_channels=False)
+    assert compiled_inputs.row_of(kept, torch.zeros(5), keep_channels=False)[1] is not None
+
+
+def test_a_gradient_laid_out_unlike_its_weight_is_stepped_as_the_loop_steps_it() -> None:
+    """A contiguous weight whose gradient is a transposed view (not contiguous): the gradient is
+    copied to the weight's layout (the compiled runner raised on such a row before)."""
+    results = []
+    for backend in ("compiled", "loop"):
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.nn.Parameter(torch.randn(4, 6, generator=generator, dtype=torch.float64))
+        optimizer = fastoptim.Lion([weight], lr=1e-2, weight_decay=0.25, backend=backend)
+        for _ in range(3):
+            weight.grad = torch.randn(6, 4, generator=generator, dtype=torch.float64).t()
+            optimizer.step()
+        results.append([weight.detach()])
+    assert max_abs_diff(*results) == 0.0
 
 
 def test_a_compiled_chunk_that_specialised_its_sizes_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -261,6 +275,34 @@ def test_kernels_use_every_thread_whatever_sizes_they_were_compiled_for() -> Non
     loops = [index for index, line in enumerate(lines) if line.startswith("for(int64_t x0=")]
     assert loops, "no kernel loop found in the generated code"
     assert all(lines[index - 1] == "#pragma omp for" for index in loops)
+
+
+def test_adamp_weights_are_stepped_as_channel_views_without_dynamo() -> None:
+    """AdamP and SGDP need each output channel: the runner passes contiguous weights as
+    ``(size(0), -1)`` views (a linear and a convolution weight share one graph) and biases as
+    1-D rows, all without dynamo, and the step equals the loop's."""
+    compiled_direct.clear()
+    dynamo_graphs = counters["stats"]["unique_graphs"]
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(6, 3, 2, 2), (6,), (5, 7), (5,)]
+    start = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    grads = [[torch.randn(s, generator=generator, dtype=torch.float64) for s in shapes] for _ in range(3)]
+    channels = start[0].reshape(6, -1)
+    for step_grads in grads:  # the convolution's gradients orthogonal to it per channel: projected
+        grad = step_grads[0].reshape(6, -1)
+        grad -= channels * (grad * channels).sum(1, keepdim=True) / (channels * channels).sum(1, keepdim=True)
+    results = []
+    for backend in ("compiled", "loop"):
+        params = [torch.nn.Parameter(tensor.clone()) for tensor in start]
+        optimizer = fastoptim.AdamP(params, lr=1e-2, weight_decay=1e-2, backend=backend)
+        for step_grads in grads:
+            for param, grad in zip(params, step_grads, strict=True):
+                param.grad = grad.clone()
+            optimizer.step()
+        results.append([param.detach() for param in params])
+    assert max_abs_diff(*results) <= 1e-13
+    assert counters["stats"]["unique_graphs"] == dynamo_graphs
+    assert compiled_direct.compiled_chunks() == 2, "one graph for the weights, one for the biases"
 
 
 @pytest.mark.parametrize("name", ["DAdaptAdam", "DAdaptLion"])

@@ -27,11 +27,14 @@ ELEMENTS_PER_PARAM: dict[str, int] = {
     "Adam": 7,
     "AdamW": 7,
     "ADOPT": 7,
-    "AdamP": 7,
+    # AdamP and SGDP project each update on sums over its own channels of the same step, so two
+    # passes: read g, p, m, v and write m, v; then read m, v, p and write p
+    "AdamP": 10,
     "Adan": 11,
     "Lion": 5,
     "SGD": 5,
-    "SGDP": 5,
+    # read g, p, b (and write b); then read b, p and write p and the projected b
+    "SGDP": 8,
     # pass 1: read g, p, p0, s, write s; pass 2: read g, m, v, p, write m, v, p
     "Prodigy": 12,
     "DAdaptAdam": 9,

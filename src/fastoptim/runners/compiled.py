@@ -156,11 +156,12 @@ def _compile_settings() -> Iterator[None]:
 
 def _rows(optimizer: Any, bucket: Bucket) -> tuple[list[Row], list[Layout]]:
     """Each parameter's inputs ``(param, grad, states, kahan_comp)``, and their layouts."""
-    flatten = not optimizer.NEEDS_SHAPES
+    keep_channels = optimizer.NEEDS_SHAPES
     cache = owned_cache(optimizer)
     rows, layouts = [], []
     for param, grad, states, comp in bucket.tensors():
-        row, layout = row_of(owned_inputs(cache, (param, *states, comp), flatten), grad, flatten)
+        kept = owned_inputs(cache, (param, *states, comp), keep_channels)
+        row, layout = row_of(kept, grad, keep_channels)
         rows.append(row)
         layouts.append(layout)
     return rows, layouts

@@ -142,7 +142,7 @@ def _chunk_step(
         position = len(names)
         results = []
         for layout in layouts:
-            _, _, states, comp = layout
+            _, _, states, comp, _ = layout
             width = 2 + len(states) + (comp is not None)
             param, grad, *rest = tensors[position : position + width]
             position += width
@@ -171,25 +171,30 @@ def _symbolic(fake_mode: FakeTensorMode, inputs: list[Tensor]) -> list[Tensor]:
 def _sizes_independent_and_free(graph: torch.fx.GraphModule, n_scalars: int, widths: list[int]) -> bool:
     """Whether the traced graph's sizes are free symbols of their own rows, valid for any value >= 2.
 
-    The graph's inputs must be 0-d scalars, then 1-D rows whose sizes are symbols shared by no
-    other row (within a row, the tensors the step relates share one; a tensor the step does not
-    read keeps its own); every guard the trace recorded must follow from the sizes being at
-    least 2.
+    The graph's inputs must be 0-d scalars, then the rows' tensors (1-D, or 2-D channel views),
+    each of whose sizes is a symbol shared by no other row (within a row, the tensors the step
+    relates share them; a tensor the step does not read keeps its own); every guard the trace
+    recorded must follow from the sizes being at least 2.
     """
     values = [node.meta.get("val") for node in graph.graph.nodes if node.op == "placeholder"]
     if len(values) != n_scalars + sum(widths) or any(v is None or v.dim() != 0 for v in values[:n_scalars]):
         return False
     row_of_symbol: dict[Any, int] = {}
+    shape_env = None
     position = n_scalars
     for row, width in enumerate(widths):
         for value in values[position : position + width]:
-            if value.dim() != 1 or not isinstance(value.shape[0], torch.SymInt):
+            if value.dim() not in (1, 2):
                 return False
-            symbol = value.shape[0].node.expr
-            if not symbol.is_Symbol or row_of_symbol.setdefault(symbol, row) != row:
-                return False
+            for size in value.shape:
+                if not isinstance(size, torch.SymInt):
+                    return False
+                symbol, shape_env = size.node.expr, size.node.shape_env
+                if not symbol.is_Symbol or row_of_symbol.setdefault(symbol, row) != row:
+                    return False
         position += width
-    shape_env = values[n_scalars].shape[0].node.shape_env
+    if shape_env is None:
+        return False
     for symbol in row_of_symbol:
         bounds = shape_env.var_to_range.get(symbol)
         if bounds is None or bounds.lower > 2 or bounds.upper != int_oo:
@@ -197,26 +202,33 @@ def _sizes_independent_and_free(graph: torch.fx.GraphModule, n_scalars: int, wid
     return all(shape_env._maybe_evaluate_static(guard.expr) == sympy.true for guard in shape_env.guards)
 
 
-#: Elements of the probe rows a chunk is traced on (plus ``2 i + 1`` in row ``i``). Inductor sizes
-#: its vectors by the sizes it is traced on: with rows of 3 to 33 elements it gave bf16 loops half
-#: the vector width.
+#: Elements of the 1-D probe rows a chunk is traced on (plus ``2 i + 1`` in row ``i``). Inductor
+#: sizes its vectors by the sizes it is traced on: with rows of 3 to 33 elements it gave bf16 loops
+#: half the vector width.
 _PROBE_SIZE = 4096
+#: Channels and elements per channel of the 2-D probe rows (plus ``i`` and ``2 i + 1``).
+_PROBE_CHANNELS = (32, 128)
+
+
+def _probe_shape(rank: int, i: int, extra: int) -> tuple[int, ...]:
+    """The shape of row ``i``'s probe tensors: odd sizes, so that the loops' remainders run too."""
+    if rank == 1:
+        return (_PROBE_SIZE + 2 * i + 1 + extra,)
+    channels, size = _PROBE_CHANNELS
+    return (channels + i + extra, size + 2 * i + 1 + extra)
 
 
 def _probe(chunk: tuple[Row, ...], extra: int) -> list[list[Tensor]]:
-    """Per row, uniform [0, 1) tensors of the row's dtypes (non-negative: square roots stay real).
+    """Per row, uniform [0, 1) tensors of the row's dtypes and ranks, shaped by :func:`_probe_shape`.
 
-    Row ``i`` has ``_PROBE_SIZE + 2 i + 1 + extra`` elements: odd sizes, so that the loops'
-    remainders run too.
+    Non-negative, so that square roots stay real.
     """
     generator = torch.Generator().manual_seed(extra)
-    return [
-        [
-            torch.rand(_PROBE_SIZE + 2 * i + 1 + extra, generator=generator).to(t.dtype)
-            for t in _row_tensors(row)
-        ]
-        for i, row in enumerate(chunk)
-    ]
+
+    def probe(tensor: Tensor, i: int) -> Tensor:
+        return torch.rand(_probe_shape(tensor.dim(), i, extra), generator=generator).to(tensor.dtype)
+
+    return [[probe(t, i) for t in _row_tensors(row)] for i, row in enumerate(chunk)]
 
 
 def _steps_other_sizes(

@@ -4,9 +4,12 @@ A row is one parameter's ``(param, grad, states, kahan_comp)``. The graph is tra
 of :data:`CHUNK_SIZE` rows, so the inputs are shaped to need as few graphs, and cost as little
 per step, as possible:
 
-* Contiguous tensors are passed as 1-D aliases of their memory, so that a weight and a bias
-  need the same graph. The alias is a detached flat view, which is not a view any more: dynamo
-  guards on a view's base, which would again tell a flattened weight from a flattened bias.
+* Contiguous tensors are passed as aliases of their memory: 1-D, so that a weight and a bias
+  need the same graph, or, for optimizers that need each output channel
+  (:attr:`~fastoptim.Optimizer.NEEDS_SHAPES`, AdamP's projection), 2-D ``(size(0), -1)`` for
+  tensors of two or more dimensions, so that a linear and a convolution weight need the same
+  graph. The alias is a detached view, which is not a view any more: dynamo guards on a view's
+  base, which would again tell a flattened weight from a flattened bias.
 * Making an alias costs about 1 µs, checking one about 0.2 µs. The parameter, its states and
   its Kahan buffer live as long as the optimizer, so their aliases are kept and made again only
   when a tensor moved (``p.data = ...``, ``load_state_dict``). Gradients are usually new every
@@ -14,9 +17,10 @@ per step, as possible:
 * The last chunk of a long bucket is filled up with padding rows of two-element tensors (zeros
   at first, whatever the step makes of them later; their results are dropped), so a model of
   any size needs one graph, not one per chunk length.
-* Each row comes with its :data:`Layout`: the dtypes of its tensors when all of them are flat
-  (1-D, contiguous, of the parameter's size, at least two elements), which is what a chunk
-  called without dynamo (:mod:`~fastoptim.runners.compiled_direct`) is specialised on.
+* Each row comes with its :data:`Layout`: the dtypes of its tensors and their rank when all of
+  them are aliases of the parameter's shape with at least two elements along each dimension,
+  which is what a chunk called without dynamo (:mod:`~fastoptim.runners.compiled_direct`) is
+  specialised on.
 """
 
 from __future__ import annotations
@@ -37,36 +41,39 @@ CHUNK_SIZE = 16
 _PADDING_SIZE = 2
 
 Row = tuple[Tensor, Tensor, tuple[Tensor, ...], Tensor | None]
-#: A row's dtypes, ``(param, grad, states, kahan_comp or None)``, when every tensor of the row is
-#: flat (1-D, contiguous, with the parameter's number of elements, at least 2); None otherwise.
-Layout = tuple[torch.dtype, torch.dtype, tuple[torch.dtype, ...], torch.dtype | None] | None
+#: A row's dtypes ``(param, grad, states, kahan_comp or None)`` and the rank of its tensors (1, or
+#: 2 for channel views), when every tensor of the row is an alias of the parameter's shape with at
+#: least 2 elements along each dimension; None otherwise.
+Layout = tuple[torch.dtype, torch.dtype, tuple[torch.dtype, ...], torch.dtype | None, int] | None
 
 
 class Owned:
     """What the runner keeps of a parameter's own tensors ``(param, *states, kahan_comp)``.
 
     Attributes:
-        param, states, comp: The inputs made for them (1-D aliases when flat).
+        param, states, comp: The inputs made for them (aliases when contiguous).
         pointers, sizes: The tensors' addresses and numbers of elements when the inputs were
             made (None for a missing Kahan buffer), to tell when one moved or was resized.
+        aliased: Whether every input is an alias of a contiguous tensor (and so kept between
+            steps).
         layout: The row's :data:`Layout` for a gradient of the parameter's dtype; None when
-            not every tensor is flat.
+            the inputs do not all have the parameter's aliased shape with two elements or more
+            along each dimension.
     """
 
-    __slots__ = ("comp", "flat", "layout", "param", "pointers", "sizes", "states")
+    __slots__ = ("aliased", "comp", "layout", "param", "pointers", "sizes", "states")
 
-    def __init__(self, owned: tuple[Tensor | None, ...], flatten: bool) -> None:
-        inputs = tuple(as_input(t, flatten) for t in owned)
+    def __init__(self, owned: tuple[Tensor | None, ...], keep_channels: bool) -> None:
+        inputs = tuple(as_input(t, keep_channels) for t in owned)
         self.param, self.states, self.comp = inputs[0], inputs[1:-1], inputs[-1]
         self.pointers = tuple(None if t is None else t.data_ptr() for t in owned)
         self.sizes = tuple(0 if t is None else t.numel() for t in owned)
-        #: Whether every input is a 1-D alias of a contiguous tensor (and so kept between steps).
-        self.flat = flatten and all(t is None or t.is_contiguous() for t in owned)
+        self.aliased = all(t is None or t.is_contiguous() for t in owned)
         self.layout: Layout = None
-        numel = self.sizes[0]
-        if self.flat and numel >= 2 and all(t is None or t.numel() == numel for t in inputs):
+        shape = self.param.shape
+        if self.aliased and min(shape, default=0) >= 2 and all(t is None or t.shape == shape for t in inputs):
             dtypes = tuple(None if t is None else t.dtype for t in inputs)
-            self.layout = (dtypes[0], dtypes[0], dtypes[1:-1], dtypes[-1])
+            self.layout = (dtypes[0], dtypes[0], dtypes[1:-1], dtypes[-1], len(shape))
 
     def still_aliases(self, tensors: tuple[Tensor | None, ...]) -> bool:
         """Whether the kept inputs still share the memory of ``tensors``, element for element.
@@ -93,28 +100,34 @@ _OWNED: weakref.WeakKeyDictionary[Any, dict[int, Owned]] = weakref.WeakKeyDictio
 _PADDING: dict[tuple[Any, ...], list[Row]] = {}
 
 
-def as_input(tensor: Tensor | None, flatten: bool) -> Tensor | None:
-    """A plain tensor sharing ``tensor``'s memory: 1-D when it is contiguous and ``flatten``."""
+def as_input(tensor: Tensor | None, keep_channels: bool) -> Tensor | None:
+    """A plain tensor sharing ``tensor``'s memory, an alias of it when it is contiguous.
+
+    The alias is 1-D, or ``(size(0), -1)`` when ``keep_channels`` and ``tensor`` has two or
+    more dimensions.
+    """
     if tensor is None:
         return None
-    if flatten and tensor.is_contiguous():
-        return tensor.view(-1).detach()  # detached, not a view: no base to guard on
-    return tensor.detach()
+    if not tensor.is_contiguous():
+        return tensor.detach()
+    if keep_channels and tensor.dim() >= 2:
+        return tensor.view(tensor.size(0), -1).detach()  # detached, not a view: no base to guard on
+    return tensor.view(-1).detach()
 
 
-def owned_inputs(cache: dict[int, Owned], owned: tuple[Tensor | None, ...], flatten: bool) -> Owned:
+def owned_inputs(cache: dict[int, Owned], owned: tuple[Tensor | None, ...], keep_channels: bool) -> Owned:
     """What the runner passes for a parameter's own tensors ``(param, *states, kahan_comp)``.
 
-    Kept in ``cache`` (one per optimizer, see :func:`owned_cache`) only when every one is a flat
-    alias (``flatten`` and contiguous); the cache holds one entry per parameter and replaces it
-    when a tensor moved, so it never grows past the model.
+    Kept in ``cache`` (one per optimizer, see :func:`owned_cache`) when every one is an alias
+    (contiguous); the cache holds one entry per parameter and replaces it when a tensor moved, so
+    it never grows past the model. ``keep_channels`` must be the same for every call with one
+    cache (it is a property of the optimizer's class).
     """
-    if flatten:
-        kept = cache.get(id(owned[0]))
-        if kept is not None and kept.still_aliases(owned):
-            return kept
-    kept = Owned(owned, flatten)
-    if kept.flat:
+    kept = cache.get(id(owned[0]))
+    if kept is not None and kept.still_aliases(owned):
+        return kept
+    kept = Owned(owned, keep_channels)
+    if kept.aliased:
         cache[id(owned[0])] = kept
     return kept
 
@@ -124,15 +137,19 @@ def owned_cache(optimizer: Any) -> dict[int, Owned]:
     return _OWNED.setdefault(optimizer, {})
 
 
-def row_of(kept: Owned, grad: Tensor, flatten: bool) -> tuple[Row, Layout]:
-    """A parameter's row from its kept inputs and its gradient, with the row's layout."""
-    if flatten and grad.is_contiguous():
-        grad_input = grad.view(-1).detach()
-        layout = kept.layout
-        if layout is not None and grad_input.dtype is not layout[1]:
-            layout = (layout[0], grad_input.dtype, layout[2], layout[3])
-    else:
-        grad_input, layout = grad.detach(), None
+def row_of(kept: Owned, grad: Tensor, keep_channels: bool) -> tuple[Row, Layout]:
+    """A parameter's row from its kept inputs and its gradient, with the row's layout.
+
+    The gradient is shaped as the parameter's input: aliased like it when the parameter's tensors
+    are aliases (copied first if it is not contiguous, say the transpose of a contiguous tensor),
+    with its own shape otherwise.
+    """
+    if not kept.aliased:
+        return (kept.param, grad.detach(), kept.states, kept.comp), None
+    grad_input = as_input(grad.contiguous(), keep_channels)
+    layout = kept.layout
+    if layout is not None and grad_input.dtype is not layout[1]:
+        layout = (layout[0], grad_input.dtype, *layout[2:])
     return (kept.param, grad_input, kept.states, kept.comp), layout
 
 

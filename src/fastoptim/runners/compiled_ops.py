@@ -20,13 +20,11 @@ with ``alpha``, ``addcmul`` and ``lerp`` round once for a product and a sum (a f
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.nn import functional
 
 Scalar = float | Tensor
 
@@ -150,24 +148,44 @@ class CompiledOps:
 
     @staticmethod
     def project(
-        param: Tensor, grad: Tensor, update: Tensor, delta: float, wd_ratio: float, eps: float
+        param: Tensor, grad: Tensor, update: Tensor, delta: Scalar, wd_ratio: Scalar, eps: Scalar
     ) -> tuple[Tensor, Scalar]:
-        """AdamP's projection without host reads: both decisions as tensors, as adamp decides."""
+        r"""AdamP's projection from four sums per output channel, without host reads.
+
+        One pass over the channel view (``(size(0), -1)``) sums, per channel, :math:`g \cdot p`,
+        :math:`g \cdot g`, :math:`p \cdot p` and :math:`p \cdot u`; the layer view's sums are
+        theirs summed. Both decisions are then made as adamp makes them (channel view first,
+        cosines guarded by ``eps`` as ``cosine_similarity`` guards them), and the update is
+        projected in the pass that applies it:
+
+        .. math::
+
+            u \leftarrow u - p\,\frac{p \cdot u}{(\|p\| + \epsilon)^2}
+
+        which is adamp's ``u - unit * (unit * u).sum()`` with ``unit = p / (||p|| + eps)``,
+        rounded differently. The cosines come from the sums rather than ``cosine_similarity``'s
+        own reduction, so a cosine within rounding of the threshold may be decided the other way
+        than in the loop runner (which checks such cases exactly); scale-invariant weights have
+        cosines far below it.
+        """
         if param.ndim <= 1:
             return update, 1.0
-        param = param.to(grad.dtype)
+        p = param.to(grad.dtype)
         expand = [-1] + [1] * (param.ndim - 1)
-        fired = None
-        result, ratio = update, torch.ones((), dtype=grad.dtype, device=grad.device)
-        for rows in (param.size(0), 1):
-            p, g = param.reshape(rows, -1), grad.reshape(rows, -1)
-            cosine = functional.cosine_similarity(g, p, dim=1, eps=eps).abs().max()
-            fires = cosine < delta / math.sqrt(p.size(1))
-            unit = param / p.norm(dim=1).view(expand if rows > 1 else [1] * param.ndim).add(eps)
-            radial = (unit * update).reshape(rows, -1).sum(dim=1)
-            projected = update - unit * radial.view(expand if rows > 1 else [1] * param.ndim)
-            fires = fires if fired is None else fires & ~fired
-            result = torch.where(fires, projected, result)
-            ratio = torch.where(fires, torch.full_like(ratio, wd_ratio), ratio)
-            fired = fires if fired is None else fired | fires
-        return result, ratio
+        p2, g2, u2 = (t.reshape(t.size(0), -1) for t in (p, grad, update))
+        dot, grad_sq = (g2 * p2).sum(dim=1), (g2 * g2).sum(dim=1)
+        param_sq, radial = (p2 * p2).sum(dim=1), (p2 * u2).sum(dim=1)
+        grad_norm, param_norm = grad_sq.sqrt(), param_sq.sqrt()
+        channel = (dot.abs() / (grad_norm.clamp_min(eps) * param_norm.clamp_min(eps))).max()
+        layer_norm = param_sq.sum().sqrt()
+        layer = dot.sum().abs() / (grad_sq.sum().sqrt().clamp_min(eps) * layer_norm.clamp_min(eps))
+        # cos < delta / sqrt(dim), squared: a square root of a symbolic size would specialise it
+        square_delta = delta * delta
+        by_channel = channel * channel * p2.size(1) < square_delta
+        fired = by_channel | (layer * layer * p2.numel() < square_delta)
+        channel_coefficient = radial / (param_norm + eps) / (param_norm + eps)
+        layer_coefficient = radial.sum() / (layer_norm + eps) / (layer_norm + eps)
+        coefficient = torch.where(by_channel, channel_coefficient, layer_coefficient)
+        projected = torch.where(fired, update - p * coefficient.view(expand), update)
+        one = torch.ones((), dtype=grad.dtype, device=grad.device)
+        return projected, torch.where(fired, wd_ratio, one)

@@ -35,9 +35,14 @@ from typing import Any
 
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
+from fastoptim.runners import early_write_back
+from fastoptim.runners.early_write_back import write_back_early
+
 try:
     from torch._inductor.codegen.cpp import CppScheduling
-    from torch._inductor.scheduler import WeakDep
+    from torch._inductor.scheduler import FusedSchedulerNode, SchedulerNode, WeakDep
+    from torch._inductor.utils import sympy_product
+    from torch._inductor.virtualized import V
 except ImportError:  # pragma: no cover - a torch without the CPU scheduler
     CppScheduling = None
     WeakDep = None
@@ -49,10 +54,10 @@ class _FusionCacheKey(CustomGraphPass):
     """A post-grad pass that leaves the graph alone; its uuid keys the cache on this module."""
 
     def __call__(self, graph: Any) -> None:
-        return None
+        write_back_early(graph)
 
     def uuid(self) -> bytes:
-        return get_hash_for_files((__file__,))
+        return get_hash_for_files((__file__, early_write_back.__file__))
 
 
 #: Passed to inductor as ``post_grad_custom_post_pass``; see the module's docstring.
@@ -77,8 +82,59 @@ def _reduction_then_its_update(node1: Any, node2: Any) -> bool:
     return not any(dep.name in results for dep in node2.read_writes.reads if not isinstance(dep, WeakDep))
 
 
-def _can_fuse_vertical(self: Any, node1: Any, node2: Any) -> bool:
+def _split_like(self: Any, pointwise: Any, reduction: Any) -> list[tuple[Any, Any]] | None:
+    """Splits ``pointwise``'s merged loop into ``reduction``'s (kept, reduced) loops.
+
+    Inductor merges the dimensions of a pointwise loop over a contiguous ``(rows, columns)``
+    tensor into one, while a reduction over the columns keeps two: the CPU scheduler then sees
+    different loops and fuses nothing. Returns what undoes the split, or None when the loops do
+    not cover the same elements (nothing is changed then).
+    """
+    snodes = pointwise.get_nodes()
+    if pointwise.is_reduction() or not all(isinstance(n, SchedulerNode) for n in snodes):
+        return None
+    _, (vars1, reduce1) = pointwise.group
+    _, (vars2, reduce2) = reduction.group
+    loops = (*vars2, *reduce2)
+    if len(vars1) != 1 or reduce1 or len(loops) < 2:
+        return None
+    if not V.graph.sizevars.statically_known_equals(vars1[0], sympy_product(loops)):
+        return None
+    undo = [(n, n.snapshot_loop_state()) for n in snodes]
+    constraints = self._get_indexing_ranges_exprs(reduction)
+    for n in snodes:
+        n.recompute_size_and_body(extra_indexing_constraints=constraints)
+    if isinstance(pointwise, FusedSchedulerNode):
+        undo.append((pointwise, pointwise.group))
+        pointwise.group = snodes[0].group
+    return undo
+
+
+def _undo(undo: list[tuple[Any, Any]]) -> None:
+    for node, state in reversed(undo):
+        if isinstance(node, FusedSchedulerNode):
+            node.group = state
+        else:
+            node.restore_loop_state(state)
+
+
+def _fusable(self: Any, node1: Any, node2: Any) -> bool:
     return _ORIGINAL(self, node1, node2) or _reduction_then_its_update(node1, node2)
+
+
+def _can_fuse_vertical(self: Any, node1: Any, node2: Any) -> bool:
+    if _fusable(self, node1, node2):
+        return True
+    if node1.is_template() or node2.is_template() or node1.is_reduction() == node2.is_reduction():
+        return False
+    reduction, pointwise = (node1, node2) if node1.is_reduction() else (node2, node1)
+    undo = _split_like(self, pointwise, reduction)
+    if undo is None:
+        return False
+    if _fusable(self, node1, node2):
+        return True
+    _undo(undo)
+    return False
 
 
 @contextlib.contextmanager

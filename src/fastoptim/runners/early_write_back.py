@@ -1,0 +1,131 @@
+"""A graph pass: each state is written back as soon as its new value is known.
+
+Functionalised graphs write mutated inputs back at their very end (``copy_(state, new)``), and
+every later use of the new value reads the expression ``new``. Inductor then either recomputes it
+from the old state wherever it is used, which keeps the old state alive until the last of those
+uses and leaves the write-back to a loop of its own, or stores it in a temporary buffer. AdamP's
+step reads its update ``m / (sqrt(v) / c + eps)`` twice, in the pass that sums ``p * u`` per
+channel and in the pass that applies it: the update went to a temporary buffer of the
+parameter's size, allocated and freed (page by page, from the operating system) every step.
+
+Moving ``copy_(state, new)`` to just after the last read of the old state (usually right after
+``new`` is computed) and pointing the later uses of ``new`` at the written state lets inductor
+store the state in the loop that computes it and read it back where it is needed: AdamP's step
+then reads ``g, p, m, v`` and writes ``m, v`` in its first pass and reads ``m, v, p`` and writes
+``p`` in its second, with no temporary. The move never changes a result: no node after the new
+position reads the old state.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+_COPY = torch.ops.aten.copy_.default
+#: Ops that read a tensor's metadata, not its data.
+_METADATA = (
+    torch.ops.aten.sym_size.int,
+    torch.ops.aten.sym_stride.int,
+    torch.ops.aten.sym_numel.default,
+    torch.ops.aten.sym_storage_offset.default,
+)
+
+
+#: Reductions: ops whose result has fewer elements than their input.
+_REDUCTIONS = {
+    torch.ops.aten.sum.default,
+    torch.ops.aten.sum.dim_IntList,
+    torch.ops.aten.amax.default,
+    torch.ops.aten.amin.default,
+    torch.ops.aten.max.default,
+    torch.ops.aten.min.default,
+    torch.ops.aten.max.dim,
+    torch.ops.aten.min.dim,
+    torch.ops.aten.mean.default,
+    torch.ops.aten.mean.dim,
+    torch.ops.aten.prod.default,
+    torch.ops.aten.linalg_vector_norm.default,
+}
+
+
+def _after_a_reduction(nodes: list[fx.Node]) -> set[fx.Node]:
+    """The nodes that read the result of a reduction, directly or not (a later pass)."""
+    after: set[fx.Node] = set()
+    for node in nodes:
+        if any(i in after or i.target in _REDUCTIONS for i in node.all_input_nodes):
+            after.add(node)
+    return after
+
+
+def _read_in_a_later_pass(new: fx.Node, after: set[fx.Node]) -> bool:
+    """Whether an elementwise use of ``new`` also waits for a reduction: a second pass reads it."""
+    pending, seen = list(new.users), set()
+    while pending:
+        node = pending.pop()
+        if node in seen or node.target is _COPY or node.op == "output":
+            continue
+        seen.add(node)
+        if node in after and node.target not in _REDUCTIONS:
+            return True
+        pending.extend(node.users)
+    return False
+
+
+def _is_view(node: fx.Node) -> bool:
+    """Whether ``node``'s result shares memory with an input (``expand``, ``view``, ...)."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.returns:
+        return node.op == "call_function" and not isinstance(node.target, torch._ops.OpOverload)
+    alias = schema.returns[0].alias_info
+    return alias is not None and not alias.is_write
+
+
+def _aliases(state: fx.Node) -> list[fx.Node]:
+    """``state`` and every node whose result is a view of it, transitively."""
+    aliases, pending = [state], [state]
+    while pending:
+        for user in pending.pop().users:
+            if user not in aliases and _is_view(user):
+                aliases.append(user)
+                pending.append(user)
+    return aliases
+
+
+def write_back_early(graph: fx.Graph) -> None:
+    """Moves each graph input's write-back to just after the last read of its old value.
+
+    Only ``copy_(input, new)`` nodes whose result is unused and whose input has no other
+    write-back are moved, and only where ``new`` is read again in a later pass (after a
+    reduction): uses of ``new`` after the new position then read the input. Where every use is
+    in the pass that computes ``new``, inductor computes it once there anyway, and reading the
+    written state back instead stored it twice (DAdaptLion's sum over its new ``s``).
+    """
+    nodes = list(graph.nodes)
+    order = {node: i for i, node in enumerate(nodes)}
+    after = _after_a_reduction(nodes)
+    for copy in [n for n in nodes if n.op == "call_function" and n.target is _COPY]:
+        if len(copy.args) != 2 or copy.kwargs or copy.users:
+            continue
+        state, new = copy.args
+        if not isinstance(state, fx.Node) or state.op != "placeholder" or not isinstance(new, fx.Node):
+            continue
+        if not _read_in_a_later_pass(new, after):
+            continue
+        readers = [
+            user
+            for alias in _aliases(state)
+            for user in (alias, *alias.users)
+            if user is not copy and user is not state and user.target not in _METADATA
+        ]
+        if any(user.target is _COPY for user in readers):
+            continue
+        last = max([new, *readers], key=order.__getitem__)
+        if order[last] + 1 >= order[copy]:
+            continue
+        if any(order[user] <= order[last] for user in new.users if user is not copy):
+            continue  # ``new`` would still be read before the write-back: stored twice
+        last.append(copy)
+        order[copy] = order[last]
+        for user in list(new.users):
+            if user is not copy and order[user] > order[last]:
+                user.replace_input_with(new, copy)

@@ -1,0 +1,84 @@
+"""The graph pass that writes a state back as soon as its new value is known, where a later pass
+reads that value."""
+
+from __future__ import annotations
+
+import torch
+from torch import fx
+
+from fastoptim.runners.early_write_back import write_back_early
+
+aten = torch.ops.aten
+
+
+def _graph(after_a_sum: bool = True, old_state_read_late: bool = False) -> fx.GraphModule:
+    """``new = 0.9 m + g`` and ``out = new * sum(g)`` (a second pass, as AdamP's update after its
+    projection's sums), or ``new * 2`` (the same pass), plus optionally ``expand(m)``, the old
+    state read late through a view; the write-back ``copy_(m, new)`` comes last, as functionalised
+    graphs have it."""
+    graph = fx.Graph()
+    state, grad = graph.placeholder("m"), graph.placeholder("g")
+    total = graph.call_function(aten.sum.default, (grad,))
+    new = graph.call_function(aten.add.Tensor, (graph.call_function(aten.mul.Tensor, (state, 0.9)), grad))
+    out = graph.call_function(aten.mul.Tensor, (new, total if after_a_sum else 2.0))
+    if old_state_read_late:
+        view = graph.call_function(aten.expand.default, (state, [4]))
+        out = graph.call_function(aten.add.Tensor, (out, view))
+    graph.call_function(aten.copy_.default, (state, new))
+    graph.output((out,))
+    return fx.GraphModule(torch.nn.Module(), graph)
+
+
+def _run(module: fx.GraphModule) -> tuple[torch.Tensor, torch.Tensor]:
+    state = torch.arange(4.0)
+    (out,) = module(state, torch.ones(4))
+    return out, state
+
+
+def _positions(module: fx.GraphModule) -> dict[str, int]:
+    """Where the write-back, the new value and the output's product are."""
+    nodes = list(module.graph.nodes)
+    first = {}
+    for i, node in enumerate(nodes):
+        first.setdefault(str(node.target), i)
+    return {
+        "copy": first["aten.copy_.default"],
+        "new": first["aten.add.Tensor"],
+        "product": next(
+            i for i, node in enumerate(nodes) if node.target is aten.mul.Tensor and node.args[1] != 0.9
+        ),
+    }
+
+
+def _pass_keeps_results(module: fx.GraphModule) -> fx.GraphModule:
+    expected = _run(module)
+    write_back_early(module.graph)
+    module.recompile()
+    for got, want in zip(_run(module), expected, strict=True):
+        assert torch.equal(got, want)
+    return module
+
+
+def test_the_write_back_moves_to_the_new_value_when_a_later_pass_reads_it() -> None:
+    module = _pass_keeps_results(_graph())
+    positions = _positions(module)
+    assert positions["copy"] == positions["new"] + 1
+    product = list(module.graph.nodes)[positions["product"]]
+    assert product.args[0].target is aten.copy_.default, "the later pass reads the written state"
+
+
+def test_the_write_back_stays_last_when_only_its_own_pass_reads_the_new_value() -> None:
+    module = _pass_keeps_results(_graph(after_a_sum=False))
+    positions = _positions(module)
+    assert positions["copy"] > positions["product"]
+
+
+def test_the_write_back_stays_after_a_read_of_the_old_state_through_a_view() -> None:
+    module = _pass_keeps_results(_graph(old_state_read_late=True))
+    nodes = list(module.graph.nodes)
+    reader = next(
+        i
+        for i, node in enumerate(nodes)
+        if node.target is aten.add.Tensor and node.args[1].op != "placeholder"
+    )
+    assert _positions(module)["copy"] > reader
