@@ -11,15 +11,18 @@ from fastoptim.runners.early_write_back import write_back_early
 aten = torch.ops.aten
 
 
-def _graph(after_a_sum: bool = True, old_state_read_late: bool = False) -> fx.GraphModule:
-    """``new = 0.9 m + g`` and ``out = new * sum(g)`` (a second pass, as AdamP's update after its
-    projection's sums), or ``new * 2`` (the same pass), plus optionally ``expand(m)``, the old
-    state read late through a view; the write-back ``copy_(m, new)`` comes last, as functionalised
-    graphs have it."""
+def _graph(
+    after_a_sum: bool = True, old_state_read_late: bool = False, new_after_the_sum: bool = False
+) -> fx.GraphModule:
+    """``new = 0.9 m + g`` (or ``m * sum(g) + g``) and ``out = new * sum(g)`` (a second pass, as
+    AdamP's update after its projection's sums) or ``new * 2``, plus optionally ``expand(m)``, the
+    old state read late through a view; the write-back ``copy_(m, new)`` comes last, as
+    functionalised graphs have it."""
     graph = fx.Graph()
     state, grad = graph.placeholder("m"), graph.placeholder("g")
     total = graph.call_function(aten.sum.default, (grad,))
-    new = graph.call_function(aten.add.Tensor, (graph.call_function(aten.mul.Tensor, (state, 0.9)), grad))
+    decay = total if new_after_the_sum else 0.9
+    new = graph.call_function(aten.add.Tensor, (graph.call_function(aten.mul.Tensor, (state, decay)), grad))
     out = graph.call_function(aten.mul.Tensor, (new, total if after_a_sum else 2.0))
     if old_state_read_late:
         view = graph.call_function(aten.expand.default, (state, [4]))
@@ -82,3 +85,11 @@ def test_the_write_back_stays_after_a_read_of_the_old_state_through_a_view() -> 
         if node.target is aten.add.Tensor and node.args[1].op != "placeholder"
     )
     assert _positions(module)["copy"] > reader
+
+
+def test_the_write_back_stays_last_when_the_new_value_itself_waits_for_the_sum() -> None:
+    """``new = m * sum(g) + g`` and ``out = 2 new``: both in the pass after the sum (SGDP's
+    projected momentum buffer and its parameter update), so nothing is gained by moving."""
+    module = _pass_keeps_results(_graph(after_a_sum=False, new_after_the_sum=True))
+    positions = _positions(module)
+    assert positions["copy"] > positions["product"]

@@ -48,24 +48,28 @@ _REDUCTIONS = {
 }
 
 
-def _after_a_reduction(nodes: list[fx.Node]) -> set[fx.Node]:
-    """The nodes that read the result of a reduction, directly or not (a later pass)."""
-    after: set[fx.Node] = set()
+def _reductions_before(nodes: list[fx.Node]) -> dict[fx.Node, frozenset[fx.Node]]:
+    """Per node, the reductions whose results it reads, directly or not."""
+    before: dict[fx.Node, frozenset[fx.Node]] = {}
     for node in nodes:
-        if any(i in after or i.target in _REDUCTIONS for i in node.all_input_nodes):
-            after.add(node)
-    return after
+        reductions: set[fx.Node] = set()
+        for i in node.all_input_nodes:
+            reductions |= before.get(i, frozenset())
+            if i.target in _REDUCTIONS:
+                reductions.add(i)
+        before[node] = frozenset(reductions)
+    return before
 
 
-def _read_in_a_later_pass(new: fx.Node, after: set[fx.Node]) -> bool:
-    """Whether an elementwise use of ``new`` also waits for a reduction: a second pass reads it."""
+def _read_in_a_later_pass(new: fx.Node, before: dict[fx.Node, frozenset[fx.Node]]) -> bool:
+    """Whether an elementwise use of ``new`` waits for a reduction ``new`` does not: a later pass."""
     pending, seen = list(new.users), set()
     while pending:
         node = pending.pop()
         if node in seen or node.target is _COPY or node.op == "output":
             continue
         seen.add(node)
-        if node in after and node.target not in _REDUCTIONS:
+        if node.target not in _REDUCTIONS and before[node] - before[new]:
             return True
         pending.extend(node.users)
     return False
@@ -102,14 +106,14 @@ def write_back_early(graph: fx.Graph) -> None:
     """
     nodes = list(graph.nodes)
     order = {node: i for i, node in enumerate(nodes)}
-    after = _after_a_reduction(nodes)
+    before = _reductions_before(nodes)
     for copy in [n for n in nodes if n.op == "call_function" and n.target is _COPY]:
         if len(copy.args) != 2 or copy.kwargs or copy.users:
             continue
         state, new = copy.args
         if not isinstance(state, fx.Node) or state.op != "placeholder" or not isinstance(new, fx.Node):
             continue
-        if not _read_in_a_later_pass(new, after):
+        if not _read_in_a_later_pass(new, before):
             continue
         readers = [
             user
