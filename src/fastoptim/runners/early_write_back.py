@@ -23,11 +23,15 @@ from torch import fx
 
 _COPY = torch.ops.aten.copy_.default
 #: Ops that read a tensor's metadata, not its data.
-_METADATA = (
-    torch.ops.aten.sym_size.int,
-    torch.ops.aten.sym_stride.int,
-    torch.ops.aten.sym_numel.default,
-    torch.ops.aten.sym_storage_offset.default,
+_METADATA = tuple(
+    getattr(getattr(torch.ops.aten, name), overload)
+    for name, overload in (
+        ("sym_size", "int"),
+        ("sym_stride", "int"),
+        ("sym_numel", "default"),
+        ("sym_storage_offset", "default"),
+    )
+    if hasattr(torch.ops.aten, name)
 )
 
 

@@ -20,11 +20,20 @@ checks, before it asks the backend, that both touch the same element in the same
 pointwise body inside the reduction loop) for the pairs it does accept. This module adds the
 pair while the compiled runner's graphs compile, and nowhere else.
 
+AdamP's and SGDP's sums run over each output channel of a ``(rows, columns)`` weight: a
+reduction with two loops, rows kept and columns reduced. Inductor merges the two dimensions of a
+pointwise loop over the same contiguous weight (the states' update) into one, and the CPU
+scheduler then sees different loops. Before giving up on such a pair, this module splits the
+pointwise loop like the reduction's (``recompute_size_and_body`` with the reduction's indexing,
+as the scheduler itself does for pointwise pairs of compatible ranges) and asks again; if they
+still do not fuse, the split is undone.
+
 The patch is on a private class of torch. Where this torch's scheduler lacks it, nothing is
-changed and the phase simply stays two loops. Inductor's on-disk cache does not see the patch,
-so the runner also passes :data:`CACHE_KEY`, a graph pass that changes nothing and whose
-identity is this file's hash: graphs compiled with and without the fusion never share a cache
-entry.
+changed and the phase simply stays two loops (and where it cannot split and restore loops, no
+loop is split). Inductor's on-disk cache does not see the patch, so the runner also passes
+:data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.early_write_back`) whose identity is
+the hash of this file and that one's: graphs compiled with and without these changes never share
+a cache entry.
 """
 
 from __future__ import annotations
@@ -44,14 +53,23 @@ try:
     from torch._inductor.utils import sympy_product
     from torch._inductor.virtualized import V
 except ImportError:  # pragma: no cover - a torch without the CPU scheduler
-    CppScheduling = None
-    WeakDep = None
+    CppScheduling = FusedSchedulerNode = SchedulerNode = WeakDep = None
 
 _ORIGINAL = getattr(CppScheduling, "can_fuse_vertical", None)
+#: Whether this torch's scheduler can re-split a node's loops and undo it (torch 2.13 can).
+_CAN_SPLIT = (
+    _ORIGINAL is not None
+    and all(hasattr(SchedulerNode, name) for name in ("snapshot_loop_state", "restore_loop_state"))
+    and hasattr(CppScheduling, "_get_indexing_ranges_exprs")
+)
 
 
 class _FusionCacheKey(CustomGraphPass):
-    """A post-grad pass that leaves the graph alone; its uuid keys the cache on this module."""
+    """The runner's post-grad pass, which writes states back early.
+
+    See :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's
+    cache on this module and that one.
+    """
 
     def __call__(self, graph: Any) -> None:
         write_back_early(graph)
@@ -91,7 +109,7 @@ def _split_like(self: Any, pointwise: Any, reduction: Any) -> list[tuple[Any, An
     not cover the same elements (nothing is changed then).
     """
     snodes = pointwise.get_nodes()
-    if pointwise.is_reduction() or not all(isinstance(n, SchedulerNode) for n in snodes):
+    if not _CAN_SPLIT or pointwise.is_reduction() or not all(isinstance(n, SchedulerNode) for n in snodes):
         return None
     _, (vars1, reduce1) = pointwise.group
     _, (vars2, reduce2) = reduction.group
@@ -101,9 +119,13 @@ def _split_like(self: Any, pointwise: Any, reduction: Any) -> list[tuple[Any, An
     if not V.graph.sizevars.statically_known_equals(vars1[0], sympy_product(loops)):
         return None
     undo = [(n, n.snapshot_loop_state()) for n in snodes]
-    constraints = self._get_indexing_ranges_exprs(reduction)
-    for n in snodes:
-        n.recompute_size_and_body(extra_indexing_constraints=constraints)
+    try:
+        constraints = self._get_indexing_ranges_exprs(reduction)
+        for n in snodes:
+            n.recompute_size_and_body(extra_indexing_constraints=constraints)
+    except Exception:  # internals of another torch: the loops stay as they were
+        _undo(undo)
+        return None
     if isinstance(pointwise, FusedSchedulerNode):
         undo.append((pointwise, pointwise.group))
         pointwise.group = snodes[0].group
