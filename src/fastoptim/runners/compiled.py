@@ -47,7 +47,7 @@ from torch.fx.experimental import _config as symbolic_shapes_config
 
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
-from fastoptim.runners.compiled_direct import compile_disabled, run_direct, scalar_signature
+from fastoptim.runners.compiled_direct import DirectStep
 from fastoptim.runners.compiled_inputs import Layout, Row, chunks, owned_cache, owned_inputs, row_of
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.reduction_fusion import CACHE_KEY, reduction_update_fusion
@@ -177,17 +177,16 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
         What ``apply`` returned, per tensor (partial sums in a reduction phase).
     """
     scalars = _tensor_scalars(bucket.scalars, bucket.dtype, optimizer.FLOAT64_SCALARS)
-    signature = scalar_signature(scalars)
     algorithm = _algorithm(optimizer)
+    options = INDUCTOR_OPTIONS
+    direct = DirectStep(apply, algorithm, scalars, update_params, options, bucket.device, bucket.dtype)
     if "compiled_rows" not in bucket.prepared:
         bucket.prepared["compiled_rows"] = _rows(optimizer, bucket)
     rows, layouts = bucket.prepared["compiled_rows"]
     results = []
     for chunk, chunk_layouts, real in chunks(rows, layouts):
-        result = run_direct(
-            apply, algorithm, chunk, chunk_layouts, scalars, signature, update_params, INDUCTOR_OPTIONS
-        )
-        if result is None and compile_disabled():  # for debugging: the same code, eagerly
+        result = direct(chunk, chunk_layouts)
+        if result is None and direct.disabled:  # for debugging: the same code, eagerly
             result = _step_chunk(apply, algorithm, chunk, scalars, update_params)
         elif result is None:
             with _compile_settings(), reduction_update_fusion():
