@@ -10,6 +10,7 @@ compiled once per configuration and shared by every test in the process.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import pytest
 import torch
@@ -111,16 +112,24 @@ def test_models_larger_than_a_chunk_equal_the_loop(name: str) -> None:
     shapes = [(7, 3), (5,), (2, 3, 4)] * 6 + [(11,)]  # 19 tensors: one chunk of 16, then 3 and padding
     start = [torch.randn(shape, generator=generator) for shape in shapes]
     grads = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(4)]
+    build = getattr(fastoptim, name)
+    assert max_abs_diff(*_compiled_and_loop_steps(build, start, grads)) <= 1e-6
+
+
+def _compiled_and_loop_steps(
+    build: Any, start: list[Tensor], grads: list[list[Tensor]]
+) -> tuple[list[Tensor], list[Tensor]]:
+    """The parameters after one step per entry of ``grads``, compiled and on the loop runner."""
     results = []
     for backend in ("compiled", "loop"):
         params = [torch.nn.Parameter(tensor.clone()) for tensor in start]
-        optimizer = getattr(fastoptim, name)(params, lr=1e-2, weight_decay=1e-2, backend=backend)
+        optimizer = build(params, lr=1e-2, weight_decay=1e-2, backend=backend)
         for step_grads in grads:
             for param, grad in zip(params, step_grads, strict=True):
                 param.grad = grad.clone()
             optimizer.step()
         results.append([param.detach() for param in params])
-    assert max_abs_diff(*results) <= 1e-6
+    return results[0], results[1]
 
 
 def _lion_steps(shapes: list[tuple[int, ...]], backend: str, channels_last: bool = False) -> list[Tensor]:
@@ -291,16 +300,7 @@ def test_adamp_weights_are_stepped_as_channel_views_without_dynamo() -> None:
     for step_grads in grads:  # the convolution's gradients orthogonal to it per channel: projected
         grad = step_grads[0].reshape(6, -1)
         grad -= channels * (grad * channels).sum(1, keepdim=True) / (channels * channels).sum(1, keepdim=True)
-    results = []
-    for backend in ("compiled", "loop"):
-        params = [torch.nn.Parameter(tensor.clone()) for tensor in start]
-        optimizer = fastoptim.AdamP(params, lr=1e-2, weight_decay=1e-2, backend=backend)
-        for step_grads in grads:
-            for param, grad in zip(params, step_grads, strict=True):
-                param.grad = grad.clone()
-            optimizer.step()
-        results.append([param.detach() for param in params])
-    assert max_abs_diff(*results) <= 1e-13
+    assert max_abs_diff(*_compiled_and_loop_steps(fastoptim.AdamP, start, grads)) <= 1e-13
     assert counters["stats"]["unique_graphs"] == dynamo_graphs
     assert compiled_direct.compiled_chunks() == 2, "one graph for the weights, one for the biases"
 
