@@ -3,7 +3,8 @@
 The same ``apply`` (rule, low precision, L2, Kahan, decoupled decay) the eager runners call is
 traced with :class:`~fastoptim.runners.compiled_ops.CompiledOps`, so inductor fuses a step into
 one pass over the parameter, its gradient and its states (two for reducing algorithms: the
-reduction, then the update). Chunks of flat float32/float64 tensors on the CPU are traced and
+reduction, then the update; two for AdamP/SGDP's per-channel sums). Chunks of aliased
+float32/float64 tensors on the CPU are traced and
 compiled by :mod:`~fastoptim.runners.compiled_direct` and called without dynamo, which saves
 most of the Python a call costs; every other chunk goes through ``torch.compile``
 (``fullgraph=True``, dynamic shapes). Both compile with the options below.
@@ -11,8 +12,9 @@ most of the Python a call costs; every other chunk goes through ``torch.compile`
 What decides a compilation, and what does not:
 
 * Shapes are dynamic, and contiguous tensors are passed flattened, so one graph serves every
-  parameter of a model (dtype and device still count; AdamP/SGDP keep their shapes for the
-  projection, and non-contiguous tensors such as channels_last weights keep theirs).
+  parameter of a model (dtype and device still count; AdamP/SGDP get ``(size(0), -1)`` channel
+  views of their weights for the projection, and non-contiguous tensors such as channels_last
+  weights keep their shapes).
 * One call updates a chunk of :data:`~fastoptim.runners.compiled_inputs.CHUNK_SIZE` tensors
   (one loop each), which spreads the fixed cost of a call (wrappers, and guards through
   ``torch.compile``) over the chunk; the
@@ -170,7 +172,7 @@ def _rows(optimizer: Any, bucket: Bucket) -> tuple[list[Row], list[Layout]]:
 def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
     """Applies ``apply`` to each tensor of ``bucket`` through the compiled step.
 
-    Chunks of flat float32/float64 tensors on the CPU run without dynamo
+    Chunks of aliased float32/float64 tensors on the CPU run without dynamo
     (:mod:`~fastoptim.runners.compiled_direct`), the others through ``torch.compile``.
 
     Returns:

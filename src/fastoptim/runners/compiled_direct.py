@@ -6,9 +6,10 @@ chunk of 16 tensors on the development CPU, and 0.25 ms once a 20M-parameter ste
 the caches, against 32 µs for the same compiled code called directly. On a 100-tensor model
 that was 1.8 ms of a 16 ms step.
 
-So for a chunk of float32 or float64 parameters whose tensors are all flat (1-D, contiguous, of
-the parameter's size, at least two elements) on the CPU, the runner traces the chunk's step
-itself with ``make_fx`` (symbolic sizes, one per row) and compiles that graph with inductor's
+So for a chunk of float32 or float64 parameters whose tensors are all aliases of the parameter's
+shape (1-D, or 2-D channel views for AdamP and SGDP; contiguous, at least two elements along each
+dimension) on the CPU, the runner traces the chunk's step itself with ``make_fx`` (symbolic
+sizes, one per dimension of a row) and compiles that graph with inductor's
 ``standalone_compile``: the same inductor lowering, options and kernels as ``torch.compile``
 (results are bit for bit the same), without dynamo. The runner is then its own guard. A
 compiled chunk is specialised on:
@@ -16,15 +17,15 @@ compiled chunk is specialised on:
 * the apply function, the algorithm's class and ``update_params``;
 * the step's scalars: which are 0-d tensors (and their dtypes), and the value and type of every
   other one (zeros, flags, integers), which the trace bakes in;
-* per row, the dtypes of the parameter, gradient, states and Kahan buffer, and that all are flat;
-* one size per row, each at least 2, which the trace must leave symbolic and independent of the
-  other rows'. The chunk is traced on small probe rows; a graph whose shape guards are not
+* per row, the dtypes of the parameter, gradient, states and Kahan buffer, and their rank;
+* the sizes of each row, each at least 2, which the trace must leave symbolic and independent of
+  the other rows'. The chunk is traced on small probe rows; a graph whose shape guards are not
   implied by that is not used, and the compiled code is run once on longer rows against the
   same step run eagerly, so that code that specialised the sizes anyway is not used either;
 * whether deterministic algorithms are on.
 
 :class:`DirectStep` keys its compiled chunks on exactly those, and returns None for a chunk it
-cannot take (another device, bf16 or fp16 parameters, a tensor that is not flat, scalars of
+cannot take (another device, bf16 or fp16 parameters, a tensor that is not an alias, scalars of
 other types); the runner then uses ``torch.compile``, and a chunk that fails to trace or compile
 warns once and falls back too.
 With ``torch.compile`` switched off (:func:`compile_disabled`) the runner runs the same code
