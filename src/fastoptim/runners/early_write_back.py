@@ -134,6 +134,6 @@ def write_back_early(graph: fx.Graph) -> None:
             continue  # ``new`` would still be read before the write-back: stored twice
         last.append(copy)
         order[copy] = order[last]
-        for user in list(new.users):
-            if user is not copy and order[user] > order[last]:
+        for user in list(new.users):  # all after the write-back now (checked above)
+            if user is not copy:
                 user.replace_input_with(new, copy)
