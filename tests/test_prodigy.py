@@ -115,3 +115,69 @@ def test_one_host_sync_per_step() -> None:
 
 def _backward_deep(model: torch.nn.Module) -> None:
     model(torch.randn(8, 4)).pow(2).mean().backward()
+
+
+def _odd_elements_gradient(param: torch.Tensor, seed: int) -> torch.Tensor:
+    """A gradient that is zero at every even flat index (the elements ``slice_p=2`` reads)."""
+    grad = torch.randn(param.shape, generator=torch.Generator().manual_seed(seed), dtype=param.dtype)
+    grad.view(-1)[::2] = 0.0
+    return grad
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach", "compiled"])
+def test_a_skipped_step_advances_the_moments_as_officially(backend: str) -> None:
+    """With ``slice_p=2`` and gradients only on the odd elements, ``s`` stays zero, so the
+    official code skips the update, after its first loop has advanced the moments; fastoptim
+    advances them in its update phase, which must then run without moving the parameters."""
+    results = {}
+    for name, cls, kwargs in (
+        ("official", prodigyopt.Prodigy, {}),
+        ("ours", fastoptim.Prodigy, {"backend": backend}),
+    ):
+        generator = torch.Generator().manual_seed(1)
+        params = [torch.nn.Parameter(torch.randn(6, 5, generator=generator)) for _ in range(2)]
+        before = [p.detach().clone() for p in params]
+        optimizer = cls(params, slice_p=2, **kwargs)
+        for step in range(2):
+            for i, p in enumerate(params):
+                p.grad = _odd_elements_gradient(p, 10 * step + i)
+            optimizer.step()
+        assert all(torch.equal(a, b) for a, b in zip(before, params, strict=True)), name
+        results[name] = [optimizer.state[p][key].clone() for p in params for key in ("exp_avg", "exp_avg_sq")]
+        assert all(t.abs().sum() > 0 for t in results[name]), name
+    for official, ours in zip(results["official"], results["ours"], strict=True):
+        torch.testing.assert_close(ours, official, rtol=1e-4, atol=0.0)  # float32 rounding
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach", "compiled"])
+def test_accumulation_advances_the_moments_with_the_estimate_of_each_step(backend: str) -> None:
+    """Optimizer accumulation: the parameters stay, the moments advance as the official first
+    loop advances them, with the ``d`` each step starts from (a hand-written recurrence)."""
+    torch.manual_seed(0)
+    param = torch.nn.Parameter(torch.randn(7, 3, dtype=torch.float64))
+    optimizer = fastoptim.Prodigy([param], backend=backend, betas=(0.9, 0.99), d0=1e-4)
+    direction = torch.randn_like(param)
+
+    def gradient(seed: int) -> torch.Tensor:  # a steady direction, so that the estimate grows
+        noise = torch.randn(param.shape, generator=torch.Generator().manual_seed(seed), dtype=param.dtype)
+        return direction + 0.1 * noise
+
+    for seed in range(3):  # real steps first, so that x0 - p and with it the estimate move
+        param.grad = gradient(seed)
+        optimizer.step()
+    state = optimizer.state[param]
+    exp_avg, exp_avg_sq = state["exp_avg"].clone(), state["exp_avg_sq"].clone()
+    before = param.detach().clone()
+    optimizer.optimizer_accumulation = True
+    estimates = []
+    for seed in range(3, 7):
+        param.grad = gradient(seed)
+        d = optimizer.param_groups[0]["d"]
+        estimates.append(d)
+        exp_avg = 0.9 * exp_avg + d * 0.1 * param.grad
+        exp_avg_sq = 0.99 * exp_avg_sq + d * d * 0.01 * param.grad * param.grad
+        optimizer.step()
+    assert torch.equal(param.detach(), before)
+    assert len(set(estimates)) > 1, "the estimate moved, so each step's d counts"
+    torch.testing.assert_close(state["exp_avg"], exp_avg, rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(state["exp_avg_sq"], exp_avg_sq, rtol=1e-12, atol=0.0)

@@ -101,6 +101,11 @@ class Optimizer(torch.optim.Optimizer):
     #: reduction cannot find the "no information" that makes ``finalize`` skip the update (see
     #: ``Optimizer._reduce_and_update``).
     ONE_PASS: ClassVar[bool] = False
+    #: True for reducing algorithms whose ``update`` also advances states (Prodigy's moments,
+    #: moved out of the reduction's pass, which then reads fewer tensors): the update phase then
+    #: runs, advancing the states without moving the parameters, also during optimizer
+    #: accumulation and on a step ``finalize`` skips.
+    UPDATE_ADVANCES_STATE: ClassVar[bool] = False
     #: Extra per-parameter buffers for sparse gradients; None (default) rejects sparse gradients.
     #: Sparse gradients run on the loop runner and get no L2 term (as the official DAdaptAdaGrad).
     SPARSE_STATE_KEYS: ClassVar[tuple[str, ...] | None] = None
@@ -327,6 +332,9 @@ class Optimizer(torch.optim.Optimizer):
                 stacklevel=4,
             )
         elif final is None:
+            if self.UPDATE_ADVANCES_STATE:  # the states advance, the parameters stay (rare: eagerly)
+                for _, buckets in plans:
+                    self._run(buckets, "loop", False, apply_update)
             self.update_skipped([p for _, buckets in plans for bucket in buckets for p in bucket.params])
         elif not one_pass:
             for _, buckets in plans:

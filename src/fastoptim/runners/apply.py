@@ -157,7 +157,16 @@ def apply_update(
     scalars: SimpleNamespace,
     update_params: bool,
 ) -> None:
-    """Phase two of a reducing algorithm: the parameter update with the reduced scalars."""
+    """Phase two of a reducing algorithm: the parameter update with the reduced scalars.
+
+    Without ``update_params`` (optimizer accumulation, a skipped step) it does nothing, unless
+    the algorithm's update advances states (:attr:`~fastoptim.Optimizer.UPDATE_ADVANCES_STATE`):
+    those then advance and the parameter stays.
+    """
     if update_params:
         grad = _prepared_grad(ops, param, grad, scalars, update_params)
         _update(optimizer, ops, param, grad, states, kahan_comp, scalars)
+    elif optimizer.UPDATE_ADVANCES_STATE:
+        grad = _prepared_grad(ops, param, grad, scalars, update_params)
+        _, new_states = optimizer.update(ops, param, grad, _working_states(ops, states, scalars), scalars)
+        _write_back(ops, states, new_states)
