@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import fx
+from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
 from fastoptim.runners.early_write_back import write_back_early
 
@@ -93,3 +94,52 @@ def test_the_write_back_stays_last_when_the_new_value_itself_waits_for_the_sum()
     module = _pass_keeps_results(_graph(after_a_sum=False, new_after_the_sum=True))
     positions = _positions(module)
     assert positions["copy"] > positions["product"]
+
+
+def _projected_graph(old_state_read_late: bool = False) -> fx.GraphModule:
+    """SGDP's momentum buffer in small: ``b' = 0.9 b + g``, a sum over ``b' p``, and the buffer
+    stored projected, ``b' - p sum``, which needs the sum; optionally the old ``b`` read after it."""
+    graph = fx.Graph()
+    state, grad, param = graph.placeholder("b"), graph.placeholder("g"), graph.placeholder("p")
+    first = graph.call_function(aten.add.Tensor, (graph.call_function(aten.mul.Tensor, (state, 0.9)), grad))
+    total = graph.call_function(aten.sum.default, (graph.call_function(aten.mul.Tensor, (first, param)),))
+    new = graph.call_function(aten.sub.Tensor, (first, graph.call_function(aten.mul.Tensor, (param, total))))
+    out = graph.call_function(aten.mul.Tensor, (new, 2.0))
+    if old_state_read_late:
+        out = graph.call_function(aten.add.Tensor, (out, state))
+    graph.call_function(aten.copy_.default, (state, new))
+    graph.output((out,))
+    module = fx.GraphModule(torch.nn.Module(), graph)
+    FakeTensorProp(module).propagate(torch.zeros(4), torch.zeros(4), torch.zeros(4))  # as inductor's meta
+    return module
+
+
+def _run_projected(module: fx.GraphModule) -> tuple[torch.Tensor, torch.Tensor]:
+    state = torch.arange(4.0)
+    (out,) = module(state, torch.ones(4), torch.linspace(-1.0, 1.0, 4))
+    return out, state
+
+
+def _copies(module: fx.GraphModule) -> list[fx.Node]:
+    return [node for node in module.graph.nodes if node.target is aten.copy_.default]
+
+
+def test_a_state_stored_after_a_sum_holds_the_first_pass_value_until_then() -> None:
+    module = _projected_graph()
+    expected = _run_projected(module)
+    write_back_early(module.graph)
+    module.recompile()
+    for got, want in zip(_run_projected(module), expected, strict=True):
+        assert torch.equal(got, want)
+    staged, final = _copies(module)
+    first = staged.args[1]
+    assert first.target is aten.add.Tensor and staged.prev is first, "stored right after it is computed"
+    assert final.args[1].target is aten.sub.Tensor and final.next.op == "output", "the final value last"
+    assert final.args[1].args[0] is staged, "the pass after the sum reads the stored value back"
+    assert all(user.target is not aten.sub.Tensor for user in first.users)
+
+
+def test_a_state_read_after_the_sum_is_not_used_to_hold_anything() -> None:
+    module = _projected_graph(old_state_read_late=True)
+    write_back_early(module.graph)
+    assert len(_copies(module)) == 1

@@ -14,6 +14,11 @@ store the state in the loop that computes it and read it back where it is needed
 then reads ``g, p, m, v`` and writes ``m, v`` in its first pass and reads ``m, v, p`` and writes
 ``p`` in its second, with no temporary. The move never changes a result: no node after the new
 position reads the old state.
+
+A state whose new value itself needs the reduction (SGDP's momentum buffer, stored projected) is
+written twice instead: the value the later pass starts from right after the first pass computes
+it, so that the later pass reads it back rather than recomputing it from the gradient and the old
+state, and the final value at the end, in place.
 """
 
 from __future__ import annotations
@@ -106,7 +111,9 @@ def write_back_early(graph: fx.Graph) -> None:
     write-back are moved, and only where ``new`` is read again in a later pass (after a
     reduction): uses of ``new`` after the new position then read the input. Where every use is
     in the pass that computes ``new``, inductor computes it once there anyway, and reading the
-    written state back instead stored it twice (DAdaptLion's sum over its new ``s``).
+    written state back instead stored it twice (DAdaptLion's sum over its new ``s``). Where
+    ``new`` itself waits for a reduction, the state may instead hold a value of the first pass
+    until the write-back (:func:`_stage_in_state`).
     """
     nodes = list(graph.nodes)
     order = {node: i for i, node in enumerate(nodes)}
@@ -117,8 +124,6 @@ def write_back_early(graph: fx.Graph) -> None:
         state, new = copy.args
         if not isinstance(state, fx.Node) or state.op != "placeholder" or not isinstance(new, fx.Node):
             continue
-        if not _read_in_a_later_pass(new, before):
-            continue
         readers = [
             user
             for alias in _aliases(state)
@@ -126,6 +131,11 @@ def write_back_early(graph: fx.Graph) -> None:
             if user is not copy and user is not state and user.target not in _METADATA
         ]
         if any(user.target is _COPY for user in readers):
+            continue
+        if before[new] - before[state]:
+            _stage_in_state(copy, state, new, readers, before, order)
+            continue
+        if not _read_in_a_later_pass(new, before):
             continue
         last = max([new, *readers], key=order.__getitem__)
         if order[last] + 1 >= order[copy]:
@@ -137,3 +147,69 @@ def write_back_early(graph: fx.Graph) -> None:
         for user in list(new.users):  # all after the write-back now (checked above)
             if user is not copy:
                 user.replace_input_with(new, copy)
+
+
+def _reads(node: fx.Node, target: fx.Node) -> bool:
+    """Whether ``node`` reads ``target``, directly or not."""
+    pending, seen = [node], set()
+    while pending:
+        current = pending.pop()
+        if current is target:
+            return True
+        if current not in seen:
+            seen.add(current)
+            pending.extend(current.all_input_nodes)
+    return False
+
+
+def _same_tensor_type(a: fx.Node, b: fx.Node) -> bool:
+    """Whether the two nodes' values are tensors of one dtype and shape (from inductor's meta)."""
+    x, y = a.meta.get("val"), b.meta.get("val")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        return False
+    return x.dtype == y.dtype and x.shape == y.shape
+
+
+def _stage_in_state(
+    copy: fx.Node,
+    state: fx.Node,
+    new: fx.Node,
+    readers: list[fx.Node],
+    before: dict[fx.Node, frozenset[fx.Node]],
+    order: dict[fx.Node, int],
+) -> None:
+    """For a state whose new value waits for a reduction: stores in it what the later pass reads.
+
+    SGDP's momentum buffer ``b`` gets its projected value, which needs sums over the new
+    ``b' = momentum b + g``, so the pass after the sums reads ``b'``; inductor recomputes it there
+    from ``g`` and the old ``b`` (three tensors read, with ``p``). Where exactly one value ``b'``
+    in the new value's making does not wait for a reduction, reads the old state and is laid out
+    as the state, and nothing reads the old state after it, ``copy_(state, b')`` is added right
+    after the last read of the old state, and the later pass reads ``b'`` back from the state (two
+    tensors read); the final write-back then overwrites it in place.
+    """
+    aliases = set(_aliases(state))
+    staged, pending, seen = [], [new], set()
+    while pending:
+        node = pending.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        for i in node.all_input_nodes:
+            if before[i] - before[state]:
+                pending.append(i)
+            elif i not in staged and i not in aliases and _same_tensor_type(i, state) and _reads(i, state):
+                staged.append(i)
+    if len(staged) != 1:
+        return
+    (value,) = staged
+    last = max([value, *readers], key=order.__getitem__)
+    later = [user for user in value.users if before[user] - before[value]]
+    if not later or any(order[user] <= order[last] for user in later):
+        return
+    with last.graph.inserting_after(last):
+        write = last.graph.call_function(_COPY, (state, value))
+    write.meta = dict(value.meta)
+    order[write] = order[last]
+    for user in later:
+        user.replace_input_with(value, write)
