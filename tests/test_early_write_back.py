@@ -143,3 +143,19 @@ def test_a_state_read_after_the_sum_is_not_used_to_hold_anything() -> None:
     module = _projected_graph(old_state_read_late=True)
     write_back_early(module.graph)
     assert len(_copies(module)) == 1
+
+
+def test_the_write_back_moves_to_the_new_value_when_its_own_pass_sums_it() -> None:
+    """``new = 0.9 m + g`` and ``out = sum(|new|)`` (DAdaptAdan's ``s``): inductor kept ``new`` in
+    a temporary and wrote it back in a loop of its own; written back early, it is stored where
+    it is computed, and the sum reads the written state."""
+    graph = fx.Graph()
+    state, grad = graph.placeholder("m"), graph.placeholder("g")
+    new = graph.call_function(aten.add.Tensor, (graph.call_function(aten.mul.Tensor, (state, 0.9)), grad))
+    total = graph.call_function(aten.sum.default, (graph.call_function(aten.abs.default, (new,)),))
+    graph.call_function(aten.copy_.default, (state, new))
+    graph.output((total,))
+    module = _pass_keeps_results(fx.GraphModule(torch.nn.Module(), graph))
+    (copy,) = _copies(module)
+    assert copy.prev is copy.args[1], "written back right after it is computed"
+    assert [user.target for user in copy.users] == [aten.abs.default], "the sum reads the written state"

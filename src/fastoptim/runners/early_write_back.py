@@ -84,6 +84,25 @@ def _read_in_a_later_pass(new: fx.Node, before: dict[fx.Node, frozenset[fx.Node]
     return False
 
 
+def _summed_in_its_pass(new: fx.Node) -> bool:
+    """Whether a reduction reads ``new``, directly or through elementwise ops.
+
+    Inductor then kept ``new`` in a temporary of the state's size and wrote it back in a loop of
+    its own (DAdaptAdan's ``s``, summed twice: a tensor written and read once more per step);
+    written back early, the state is stored in the loop that computes and sums it.
+    """
+    pending, seen = list(new.users), set()
+    while pending:
+        node = pending.pop()
+        if node in seen or node.target is _COPY or node.op == "output":
+            continue
+        seen.add(node)
+        if node.target in _REDUCTIONS:
+            return True
+        pending.extend(node.users)
+    return False
+
+
 def _is_view(node: fx.Node) -> bool:
     """Whether ``node``'s result shares memory with an input (``expand``, ``view``, ...)."""
     schema = getattr(node.target, "_schema", None)
@@ -109,9 +128,9 @@ def write_back_early(graph: fx.Graph) -> None:
 
     Only ``copy_(input, new)`` nodes whose result is unused and whose input has no other
     write-back are moved, and only where ``new`` is read again in a later pass (after a
-    reduction): uses of ``new`` after the new position then read the input. Where every use is
-    in the pass that computes ``new``, inductor computes it once there anyway, and reading the
-    written state back instead stored it twice (DAdaptLion's sum over its new ``s``). Where
+    reduction) or summed in its own (:func:`_summed_in_its_pass`): uses of ``new`` after the new
+    position then read the input. Where ``new`` is only read elementwise in its own pass,
+    inductor computes and stores it once there anyway. Where
     ``new`` itself waits for a reduction, the state may instead hold a value of the first pass
     until the write-back (:func:`_stage_in_state`).
     """
@@ -135,7 +154,7 @@ def write_back_early(graph: fx.Graph) -> None:
         if before[new] - before[state]:
             _stage_in_state(copy, state, new, readers, before, order)
             continue
-        if not _read_in_a_later_pass(new, before):
+        if not (_read_in_a_later_pass(new, before) or _summed_in_its_pass(new)):
             continue
         last = max([new, *readers], key=order.__getitem__)
         if order[last] + 1 >= order[copy]:
