@@ -203,6 +203,29 @@ def test_a_gradient_laid_out_unlike_its_weight_is_stepped_as_the_loop_steps_it()
     assert max_abs_diff(*results) == 0.0
 
 
+def test_sgdp_on_channels_last_weights_through_torch_compile_equals_the_loop() -> None:
+    """channels_last convolution weights keep their shapes and go through ``torch.compile``,
+    several SGDP rows in one graph: the graph pass that stores the new momentum buffer before the
+    projection's sums met the node it had added for one row while looking at the next (a
+    ``KeyError`` once), and must leave the results those of the loop."""
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(8, 3, 3, 3), (8,), (6, 8, 3, 3), (16, 12)]
+
+    def tensor(shape: tuple[int, ...]) -> Tensor:
+        value = torch.randn(shape, generator=generator, dtype=torch.float64)
+        return value.to(memory_format=torch.channels_last) if len(shape) == 4 else value
+
+    start = [tensor(shape) for shape in shapes]
+    grads = [[tensor(shape) for shape in shapes] for _ in range(4)]
+
+    def build(params: list[Tensor], **kwargs: Any) -> torch.optim.Optimizer:
+        return fastoptim.SGDP(params, momentum=0.9, **kwargs)
+
+    compiled, loop = _compiled_and_loop_steps(build, start, grads)
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in compiled if p.dim() == 4)
+    assert max_abs_diff(compiled, loop) <= 1e-13
+
+
 def test_a_compiled_chunk_that_specialised_its_sizes_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner checks each chunk it compiles on rows longer than those it traced: code that
     kept the traced sizes (as a static-shape compile does) is refused with a warning, and the

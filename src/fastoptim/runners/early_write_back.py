@@ -229,6 +229,6 @@ def _stage_in_state(
     with last.graph.inserting_after(last):
         write = last.graph.call_function(_COPY, (state, value))
     write.meta = dict(value.meta)
-    order[write] = order[last]
+    order[write], before[write] = order[last], before[value]
     for user in later:
         user.replace_input_with(value, write)
