@@ -23,6 +23,8 @@ state, and the final value at the end, in place.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import fx
 
@@ -70,37 +72,33 @@ def _reductions_before(nodes: list[fx.Node]) -> dict[fx.Node, frozenset[fx.Node]
     return before
 
 
-def _read_in_a_later_pass(new: fx.Node, before: dict[fx.Node, frozenset[fx.Node]]) -> bool:
-    """Whether an elementwise use of ``new`` waits for a reduction ``new`` does not: a later pass."""
+def _any_use(new: fx.Node, test: Callable[[fx.Node], bool]) -> bool:
+    """Whether ``test`` holds for a node that reads ``new``, directly or not (write-backs aside)."""
     pending, seen = list(new.users), set()
     while pending:
         node = pending.pop()
         if node in seen or node.target is _COPY or node.op == "output":
             continue
         seen.add(node)
-        if node.target not in _REDUCTIONS and before[node] - before[new]:
+        if test(node):
             return True
         pending.extend(node.users)
     return False
 
 
+def _read_in_a_later_pass(new: fx.Node, before: dict[fx.Node, frozenset[fx.Node]]) -> bool:
+    """Whether an elementwise use of ``new`` waits for a reduction ``new`` does not: a later pass."""
+    return _any_use(new, lambda node: node.target not in _REDUCTIONS and bool(before[node] - before[new]))
+
+
 def _summed_in_its_pass(new: fx.Node) -> bool:
-    """Whether a reduction reads ``new``, directly or through elementwise ops.
+    """Whether a reduction reads ``new``, directly or not.
 
     Inductor then kept ``new`` in a temporary of the state's size and wrote it back in a loop of
     its own (DAdaptAdan's ``s``, summed twice: a tensor written and read once more per step);
     written back early, the state is stored in the loop that computes and sums it.
     """
-    pending, seen = list(new.users), set()
-    while pending:
-        node = pending.pop()
-        if node in seen or node.target is _COPY or node.op == "output":
-            continue
-        seen.add(node)
-        if node.target in _REDUCTIONS:
-            return True
-        pending.extend(node.users)
-    return False
+    return _any_use(new, lambda node: node.target in _REDUCTIONS)
 
 
 def _is_view(node: fx.Node) -> bool:
