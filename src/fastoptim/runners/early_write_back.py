@@ -128,9 +128,9 @@ def write_back_early(graph: fx.Graph) -> None:
     write-back are moved, and only where ``new`` is read again in a later pass (after a
     reduction) or summed in its own (:func:`_summed_in_its_pass`): uses of ``new`` after the new
     position then read the input. Where ``new`` is only read elementwise in its own pass,
-    inductor computes and stores it once there anyway. Where
-    ``new`` itself waits for a reduction, the state may instead hold a value of the first pass
-    until the write-back (:func:`_stage_in_state`).
+    inductor computes and stores it once there anyway. Where ``new`` itself waits for a
+    reduction, the state may instead hold a value of the first pass until the write-back
+    (:func:`_stage_in_state`).
     """
     nodes = list(graph.nodes)
     order = {node: i for i, node in enumerate(nodes)}
@@ -150,7 +150,7 @@ def write_back_early(graph: fx.Graph) -> None:
         if any(user.target is _COPY for user in readers):
             continue
         if before[new] - before[state]:
-            _stage_in_state(copy, state, new, readers, before, order)
+            _stage_in_state(state, new, readers, before, order)
             continue
         if not (_read_in_a_later_pass(new, before) or _summed_in_its_pass(new)):
             continue
@@ -188,7 +188,6 @@ def _same_tensor_type(a: fx.Node, b: fx.Node) -> bool:
 
 
 def _stage_in_state(
-    copy: fx.Node,
     state: fx.Node,
     new: fx.Node,
     readers: list[fx.Node],
