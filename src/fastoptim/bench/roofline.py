@@ -40,8 +40,9 @@ ELEMENTS_PER_PARAM: dict[str, int] = {
     "DAdaptAdam": 9,
     "DAdaptAdan": 13,
     "DAdaptLion": 7,
-    # read p, g, s, x0; write p, s, z (z = x0 - s is written, never read)
-    "DAdaptSGD": 7,
+    # read p, g, s, x0; write p, s (the state z = x0 - s is read by nothing: state_dict() fills it
+    # in, a step does not write it)
+    "DAdaptSGD": 6,
     # read p, g, alpha, s, x0; write p, alpha, s
     "DAdaptAdaGrad": 8,
 }
