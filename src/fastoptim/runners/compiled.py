@@ -4,7 +4,7 @@ The same ``apply`` (rule, low precision, L2, Kahan, decoupled decay) the eager r
 traced with :class:`~fastoptim.runners.compiled_ops.CompiledOps`, so inductor fuses a step into
 one pass over the parameter, its gradient and its states (two for reducing algorithms: the
 reduction, then the update; two for AdamP/SGDP's per-channel sums). Chunks of aliased
-float32/float64 tensors on the CPU are traced and
+tensors on the CPU are traced and
 compiled by :mod:`~fastoptim.runners.compiled_direct` and called without dynamo, which saves
 most of the Python a call costs; every other chunk goes through ``torch.compile``
 (``fullgraph=True``, dynamic shapes). Both compile with the options below.
@@ -172,7 +172,7 @@ def _rows(optimizer: Any, bucket: Bucket) -> tuple[list[Row], list[Layout]]:
 def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
     """Applies ``apply`` to each tensor of ``bucket`` through the compiled step.
 
-    Chunks of aliased float32/float64 tensors on the CPU run without dynamo
+    Chunks of aliased tensors on the CPU run without dynamo
     (:mod:`~fastoptim.runners.compiled_direct`), the others through ``torch.compile``.
 
     Returns:

@@ -6,7 +6,7 @@ chunk of 16 tensors on the development CPU, and 0.25 ms once a 20M-parameter ste
 the caches, against 32 µs for the same compiled code called directly. On a 100-tensor model
 that was 1.8 ms of a 16 ms step.
 
-So for a chunk of float32 or float64 parameters whose tensors are all aliases of the parameter's
+So for a chunk of parameters (any float dtype) whose tensors are all aliases of the parameter's
 shape (1-D, or 2-D channel views for AdamP and SGDP; contiguous, at least two elements along each
 dimension) on the CPU, the runner traces the chunk's step itself with ``make_fx`` (symbolic
 sizes, one per dimension of a row) and compiles that graph with inductor's
@@ -25,7 +25,7 @@ compiled chunk is specialised on:
 * whether deterministic algorithms are on.
 
 :class:`DirectStep` keys its compiled chunks on exactly those, and returns None for a chunk it
-cannot take (another device, bf16 or fp16 parameters, a tensor that is not an alias, scalars of
+cannot take (another device, a tensor that is not an alias, scalars of
 other types); the runner then uses ``torch.compile``, and a chunk that fails to trace or compile
 warns once and falls back too.
 With ``torch.compile`` switched off (:func:`compile_disabled`) the runner runs the same code
@@ -54,10 +54,12 @@ from fastoptim.runners.compiled_inputs import Layout, Row
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.reduction_fusion import reduction_update_fusion
 
-#: Parameter dtypes this path takes. bf16 and fp16 chunks stay with ``torch.compile``: compiled
-#: this way their kernel (the same C++ code) stepped bf16 Adam in 31.8 ms where ``torch.compile``'s
-#: took 16.5 ms, for a reason not found yet.
-_DTYPES = (torch.float32, torch.float64)
+#: Parameter dtypes this path takes. bf16 and fp16 chunks once stayed with ``torch.compile``,
+#: whose kernel stepped bf16 Adam twice as fast; traced on probe rows of 4096 elements (vector
+#: widths follow the traced sizes, see :data:`_PROBE_SIZE`) they ran 6-20% faster this way than
+#: through ``torch.compile`` (AdamW, Lion, Adan, SGDP, DAdaptAdam, Prodigy in bf16, AdamW in fp16;
+#: 20M parameters in 100 tensors, ``benchmarks/RESULTS.md``).
+_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 #: Types of the scalars a trace may bake in; anything else sends the chunk to ``torch.compile``.
 _CONSTANT_TYPES = (bool, int, float, str, type(None))
 
