@@ -94,11 +94,16 @@ def _update(
     states: tuple[Any, ...],
     kahan_comp: Any | None,
     scalars: SimpleNamespace,
+    update_params: bool = True,
 ) -> None:
-    """Phase two on a prepared gradient, reading the states as they were last written back."""
+    """Phase two on a prepared gradient, reading the states as they were last written back.
+
+    The parameter moves only with ``update_params``; the states advance either way.
+    """
     step_into, new_states = optimizer.update(ops, param, grad, _working_states(ops, states, scalars), scalars)
     _write_back(ops, states, new_states)
-    store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+    if update_params:
+        store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
 
 
 def apply_accumulate(
@@ -163,10 +168,6 @@ def apply_update(
     the algorithm's update advances states (:attr:`~fastoptim.Optimizer.UPDATE_ADVANCES_STATE`):
     those then advance and the parameter stays.
     """
-    if update_params:
+    if update_params or optimizer.UPDATE_ADVANCES_STATE:
         grad = _prepared_grad(ops, param, grad, scalars, update_params)
-        _update(optimizer, ops, param, grad, states, kahan_comp, scalars)
-    elif optimizer.UPDATE_ADVANCES_STATE:
-        grad = _prepared_grad(ops, param, grad, scalars, update_params)
-        _, new_states = optimizer.update(ops, param, grad, _working_states(ops, states, scalars), scalars)
-        _write_back(ops, states, new_states)
+        _update(optimizer, ops, param, grad, states, kahan_comp, scalars, update_params)
