@@ -149,7 +149,7 @@ def write_back_early(graph: fx.Graph) -> None:
         ]
         if any(user.target is _COPY for user in readers):
             continue
-        if before[new] - before[state]:
+        if before[new]:  # the new value waits for a reduction (the old state, an input, does not)
             _stage_in_state(state, new, readers, before, order)
             continue
         if not (_read_in_a_later_pass(new, before) or _summed_in_its_pass(new)):
@@ -212,7 +212,7 @@ def _stage_in_state(
             continue
         seen.add(node)
         for i in node.all_input_nodes:
-            if before[i] - before[state]:
+            if before[i]:
                 pending.append(i)
             elif i not in staged and i not in aliases and _same_tensor_type(i, state) and _reads(i, state):
                 staged.append(i)
