@@ -31,9 +31,9 @@ still do not fuse, the split is undone.
 The patch is on a private class of torch. Where this torch's scheduler lacks it, nothing is
 changed and the phase simply stays two loops (and where it cannot split and restore loops, no
 loop is split). Inductor's on-disk cache does not see the patch, so the runner also passes
-:data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.early_write_back`) whose identity is
-the hash of this file and that one's: graphs compiled with and without these changes never share
-a cache entry.
+:data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
+:mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those:
+graphs compiled with and without these changes never share a cache entry.
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ from typing import Any
 
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from fastoptim.runners import early_write_back
+from fastoptim.runners import early_write_back, round_trips
 from fastoptim.runners.early_write_back import write_back_early
+from fastoptim.runners.round_trips import drop_round_trips
 
 try:
     from torch._inductor.codegen.cpp import CppScheduling
@@ -65,17 +66,19 @@ _CAN_SPLIT = (
 
 
 class _FusionCacheKey(CustomGraphPass):
-    """The runner's post-grad pass, which writes states back early.
+    """The runner's post-grad pass: drops unchanged write-backs, then writes states back early.
 
-    See :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's
-    cache on this module and that one.
+    See :func:`~fastoptim.runners.round_trips.drop_round_trips` and
+    :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's cache
+    on this module and those.
     """
 
     def __call__(self, graph: Any) -> None:
+        drop_round_trips(graph)
         write_back_early(graph)
 
     def uuid(self) -> bytes:
-        return get_hash_for_files((__file__, early_write_back.__file__))
+        return get_hash_for_files((__file__, early_write_back.__file__, round_trips.__file__))
 
 
 #: Passed to inductor as ``post_grad_custom_post_pass``; see the module's docstring.
