@@ -52,6 +52,7 @@ from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.compiled_direct import DirectStep
 from fastoptim.runners.compiled_inputs import Layout, Row, chunks, owned_cache, owned_inputs, row_of
 from fastoptim.runners.compiled_ops import CompiledOps
+from fastoptim.runners.low_precision_codegen import low_precision_kernels
 from fastoptim.runners.reduction_fusion import CACHE_KEY, reduction_update_fusion
 
 #: Distinct graphs one process may compile for the runner's entry point (torch's defaults, 8 per
@@ -191,7 +192,7 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
         if result is None and direct.disabled:  # for debugging: the same code, eagerly
             result = _step_chunk(apply, algorithm, chunk, scalars, update_params)
         elif result is None:
-            with _compile_settings(), reduction_update_fusion():
+            with _compile_settings(), reduction_update_fusion(), low_precision_kernels():
                 result = _compiled_chunk(apply, algorithm, chunk, scalars, update_params)
         results.extend(result[:real])
     return results

@@ -52,6 +52,7 @@ from torch.utils._sympy.numbers import int_oo
 
 from fastoptim.runners.compiled_inputs import Layout, Row
 from fastoptim.runners.compiled_ops import CompiledOps
+from fastoptim.runners.low_precision_codegen import low_precision_kernels
 from fastoptim.runners.reduction_fusion import reduction_update_fusion
 
 #: Parameter dtypes this path takes. bf16 and fp16 chunks once stayed with ``torch.compile``,
@@ -287,7 +288,8 @@ def _compile(
         if not _sizes_independent_and_free(graph, len(names), [len(row) for row in rows]):
             raise ValueError("the traced sizes are not free symbols of their own rows")
         symbolic_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
-        with reduction_update_fusion(), torch._guards.tracing(torch._guards.TracingContext(fake_mode)):
+        tracing = torch._guards.tracing(torch._guards.TracingContext(fake_mode))
+        with reduction_update_fusion(), low_precision_kernels(), tracing:
             artifact = torch._inductor.standalone_compile(
                 graph,
                 symbolic_inputs,

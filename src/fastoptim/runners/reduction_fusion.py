@@ -32,8 +32,9 @@ The patch is on a private class of torch. Where this torch's scheduler lacks it,
 changed and the phase simply stays two loops (and where it cannot split and restore loops, no
 loop is split). Inductor's on-disk cache does not see the patch, so the runner also passes
 :data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
-:mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those:
-graphs compiled with and without these changes never share a cache entry.
+:mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those (and
+of :mod:`~fastoptim.runners.low_precision_codegen`'s): graphs compiled with and without these
+changes never share a cache entry.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from typing import Any
 
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from fastoptim.runners import early_write_back, round_trips
+from fastoptim.runners import early_write_back, low_precision_codegen, round_trips
 from fastoptim.runners.early_write_back import write_back_early
 from fastoptim.runners.round_trips import drop_round_trips
 
@@ -70,7 +71,8 @@ class _FusionCacheKey(CustomGraphPass):
 
     See :func:`~fastoptim.runners.round_trips.drop_round_trips` and
     :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's cache
-    on this module and those.
+    on this module, those, and :mod:`~fastoptim.runners.low_precision_codegen` (patches of the
+    CPU backend the cache does not see either).
     """
 
     def __call__(self, graph: Any) -> None:
@@ -78,7 +80,8 @@ class _FusionCacheKey(CustomGraphPass):
         write_back_early(graph)
 
     def uuid(self) -> bytes:
-        return get_hash_for_files((__file__, early_write_back.__file__, round_trips.__file__))
+        files = (__file__, early_write_back.__file__, round_trips.__file__, low_precision_codegen.__file__)
+        return get_hash_for_files(files)
 
 
 #: Passed to inductor as ``post_grad_custom_post_pass``; see the module's docstring.
