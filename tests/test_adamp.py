@@ -91,3 +91,31 @@ def test_bad_arguments(cls) -> None:
     if cls is fastoptim.SGDP:
         with pytest.raises(ValueError, match="momentum"):
             cls(params, lr=0.1, momentum=1.0)
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach", "compiled"])
+def test_bf16_updates_read_the_moments_as_stored(backend: str) -> None:
+    """A bf16 bias (never projected): AdamP's first update from its moments rounded to bf16, and
+    SGDP's from its bf16-rounded buffer, added to the value that the parameter and its Kahan
+    buffer hold; written out here from the class docstrings (unrounded moments move it by about
+    2e-4)."""
+    generator = torch.Generator().manual_seed(0)
+    start = torch.randn(64, generator=generator).bfloat16()
+    grad = torch.randn(64, generator=generator).bfloat16()
+    g = grad.float()
+    lr, beta1, beta2, eps, momentum = 0.1, 0.9, 0.999, 1e-8, 0.9
+    m, v = ((1 - beta1) * g).bfloat16().float(), ((1 - beta2) * g * g).bfloat16().float()
+    adamp_update = m / (v.sqrt() / (1 - beta2) ** 0.5 + eps) / (1 - beta1)
+    sgdp_update = g.bfloat16().float()  # b = (1 - dampening) g at the first step
+    for cls, kwargs, update in (
+        (fastoptim.AdamP, {}, adamp_update),
+        (fastoptim.SGDP, {"momentum": momentum}, sgdp_update),
+    ):
+        param = torch.nn.Parameter(start.clone())
+        param.grad = grad.clone()
+        optimizer = cls([param], lr=lr, backend=backend, **kwargs)
+        optimizer.step()
+        held = param.detach().float() + optimizer.state[param]["kahan_comp"].float()
+        expected = start.float() - lr * update
+        # the Kahan buffer is bf16 itself: it holds the rest to 2^-9 of at most half a bf16 ulp
+        torch.testing.assert_close(held, expected, rtol=0.0, atol=2e-5)

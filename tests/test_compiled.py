@@ -55,7 +55,8 @@ def test_compiled_equals_loop_float64_and_float32(case: Case) -> None:
     assert max_abs_diff(compiled, loop) <= tolerance
 
 
-BF16_CASES = [c for c in LOW_PRECISION_CASES if c.name in ("adamw", "lion", "adan", "adan_prox_clip", "sgdp")]
+BF16_NAMES = ("adamw", "lion", "adan", "adan_prox_clip", "adamp", "sgdp")
+BF16_CASES = [c for c in LOW_PRECISION_CASES if c.name in BF16_NAMES]
 
 
 @pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: c.name)

@@ -59,6 +59,13 @@ class AdamP(Optimizer):
     Differences from the official code: channels_last weights work (the official ``.view``
     raises); arguments are validated (the official code checks none).
 
+    bf16 parameters: the moments are computed in float32 and rounded to bf16, as they are stored,
+    before the update reads them (the official code computes all of it in bf16). The projection's
+    sums need the whole update before it can be applied, so the update is read twice; from the
+    stored moments, the compiled step's second pass reads them back instead of a float32 copy of
+    the update. (fp16 moments are not rounded first: fp16's range would flush small second
+    moments to zero and the update would blow up.)
+
     Args:
         params: Tensors to optimise or dicts defining parameter groups.
         lr: Learning rate :math:`\gamma` (default: 1e-3).
@@ -121,6 +128,8 @@ class AdamP(Optimizer):
         exp_avg, exp_avg_sq = state
         exp_avg = ops.add_(ops.mul_(exp_avg, s.beta1), grad, alpha=s.beta1_comp)
         exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, value=s.beta2_comp)
+        # low precision: the update reads the moments as stored (see the class docstring)
+        exp_avg, exp_avg_sq = ops.as_stored_bf16(exp_avg, param), ops.as_stored_bf16(exp_avg_sq, param)
         denom = ops.add_(ops.div_(ops.sqrt(exp_avg_sq), s.bias_correction2_sqrt), s.eps)
         if s.nesterov:
             update = ops.add_(ops.mul(exp_avg, s.beta1), ops.mul(grad, s.beta1_comp))
@@ -158,6 +167,9 @@ class SGDP(Optimizer):
 
     Differences from the official code: channels_last weights work; arguments are validated
     (``momentum`` must be below 1, where the official decay divides by zero).
+
+    bf16 parameters: the momentum buffer is computed in float32 and rounded to bf16, as it is
+    stored, before the update reads it (as :class:`AdamP`'s moments).
 
     Args:
         params: Tensors to optimise or dicts defining parameter groups.
@@ -220,6 +232,7 @@ class SGDP(Optimizer):
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
         (buffer,) = state
         buffer = ops.add_(ops.mul_(buffer, s.momentum), grad, alpha=s.grad_weight)
+        buffer = ops.as_stored_bf16(buffer, param)  # low precision: as stored (see the class docstring)
         update = ops.add_(ops.mul(buffer, s.momentum), grad) if s.nesterov else buffer
         update, ratio = ops.project(param, grad, update, s.delta, s.wd_ratio, s.eps)
         rate = ops.each(ratio, lambda r: s.decay * r / s.momentum_comp)

@@ -119,6 +119,12 @@ class CompiledOps:
         return x.float()
 
     @staticmethod
+    def as_stored_bf16(x: Tensor, like: Tensor) -> Tensor:
+        if like.dtype != torch.bfloat16 or x.dtype == like.dtype:
+            return x
+        return x.to(like.dtype).to(x.dtype)
+
+    @staticmethod
     def flat_slice(x: Tensor, step: int) -> Tensor:
         return x.flatten()[::step]
 

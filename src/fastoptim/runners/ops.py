@@ -138,6 +138,16 @@ class TensorOps:
             return x.float()
         return self.workspace.take(x, torch.float32).copy_(x)
 
+    def as_stored_bf16(self, x: Tensor, like: Tensor) -> Tensor:
+        """Rounds ``x`` (a float32 working state) in place to bf16 when ``like`` is bf16.
+
+        That is the value the state holds once written back. For any other dtype ``x`` is returned
+        unchanged (fp16's narrower range would flush small values to zero).
+        """
+        if like.dtype != torch.bfloat16 or x.dtype == like.dtype:
+            return x
+        return x.copy_(self.workspace.take(x, like.dtype).copy_(x))
+
     @staticmethod
     def flat_slice(x: Tensor, step: int) -> Tensor:
         """Every ``step``-th element of the flattened tensor (a view where possible)."""
@@ -282,6 +292,13 @@ class ForeachOps:
     @staticmethod
     def to_fp32(x: TensorList) -> TensorList:
         return [t.to(torch.float32) for t in x]
+
+    @staticmethod
+    def as_stored_bf16(x: TensorList, like: TensorList) -> TensorList:
+        pairs = [(t, u) for t, u in zip(x, like, strict=True) if u.dtype == torch.bfloat16 != t.dtype]
+        if pairs:
+            torch._foreach_copy_([t for t, _ in pairs], [t.to(u.dtype) for t, u in pairs])
+        return x
 
     @staticmethod
     def flat_slice(x: TensorList, step: int) -> TensorList:

@@ -109,6 +109,8 @@ def _reduction_then_its_update(node1: Any, node2: Any) -> bool:
 def _split_like(self: Any, pointwise: Any, reduction: Any) -> list[tuple[Any, Any]] | None:
     """Splits ``pointwise``'s merged loop into ``reduction``'s (kept, reduced) loops.
 
+    (``reduction`` may also be a pointwise node over the same elements in two or more loops.)
+
     Inductor merges the dimensions of a pointwise loop over a contiguous ``(rows, columns)``
     tensor into one, while a reduction over the columns keeps two: the CPU scheduler then sees
     different loops and fuses nothing. Returns what undoes the split, or None when the loops do
@@ -150,13 +152,33 @@ def _fusable(self: Any, node1: Any, node2: Any) -> bool:
     return _ORIGINAL(self, node1, node2) or _reduction_then_its_update(node1, node2)
 
 
+def _flat_and_shaped(node1: Any, node2: Any) -> tuple[Any, Any] | None:
+    """Of a pair, the pointwise node whose loop may be split and the node whose loops it takes.
+
+    A reduction's pointwise partner, or of two pointwise nodes the one with a merged loop (AdamP's
+    Kahan store of the parameter, flat, after its projected update, per channel).
+    """
+    if node1.is_template() or node2.is_template():
+        return None
+    if node1.is_reduction() != node2.is_reduction():
+        return (node2, node1) if node1.is_reduction() else (node1, node2)
+    if node1.is_reduction():
+        return None
+    rank1, rank2 = len(node1.group[1][0]), len(node2.group[1][0])
+    if rank1 == 1 and rank2 > 1:
+        return node1, node2
+    if rank2 == 1 and rank1 > 1:
+        return node2, node1
+    return None
+
+
 def _can_fuse_vertical(self: Any, node1: Any, node2: Any) -> bool:
     if _fusable(self, node1, node2):
         return True
-    if node1.is_template() or node2.is_template() or node1.is_reduction() == node2.is_reduction():
+    pair = _flat_and_shaped(node1, node2)
+    if pair is None:
         return False
-    reduction, pointwise = (node1, node2) if node1.is_reduction() else (node2, node1)
-    undo = _split_like(self, pointwise, reduction)
+    undo = _split_like(self, *pair)
     if undo is None:
         return False
     if _fusable(self, node1, node2):
