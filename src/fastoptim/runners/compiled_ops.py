@@ -25,8 +25,12 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch._inductor.fx_passes import joint_graph
 
 Scalar = float | Tensor
+#: Whether inductor keeps a float32 -> bf16 -> float32 round trip under ``emulate_precision_casts``
+#: (torch 2.13); torch 2.11's joint-graph pass drops it as a pointless conversion.
+_KEEPS_ROUND_TRIPS = hasattr(joint_graph, "_is_lossless_fp_widening_cast")
 
 
 def _scaled(y: Tensor | float, alpha: Scalar) -> Tensor | float:
@@ -50,6 +54,16 @@ def _fma(a: Tensor | Scalar, b: Tensor | Scalar, c: Tensor) -> Tensor:
         return value.to(dtype).expand(shape)
 
     return torch.ops.prims.fma(operand(a), operand(b), operand(c))
+
+
+def _bf16_rounded_by_bits(x: Tensor) -> Tensor:
+    """Float32 ``x`` rounded to bf16 (to nearest, ties to even) in integer arithmetic on its bits.
+
+    For a torch whose inductor drops ``x.to(bf16).to(float32)``; NaN stays NaN.
+    """
+    bits = x.view(torch.int32)
+    rounded = ((bits + (0x7FFF + ((bits >> 16) & 1))) & -65536).view(torch.float32)
+    return torch.where(torch.isnan(x), x, rounded)
 
 
 def _plus_scaled(x: Tensor, y: Tensor | Scalar, alpha: Scalar) -> Tensor:
@@ -122,6 +136,8 @@ class CompiledOps:
     def as_stored_bf16(x: Tensor, like: Tensor) -> Tensor:
         if like.dtype != torch.bfloat16 or x.dtype == like.dtype:
             return x
+        if not _KEEPS_ROUND_TRIPS:
+            return _bf16_rounded_by_bits(x)
         return x.to(like.dtype).to(x.dtype)
 
     @staticmethod
