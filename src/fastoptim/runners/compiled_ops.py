@@ -25,12 +25,20 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch._inductor.fx_passes import joint_graph
 
 Scalar = float | Tensor
-#: Whether inductor keeps a float32 -> bf16 -> float32 round trip under ``emulate_precision_casts``
-#: (torch 2.13); torch 2.11's joint-graph pass drops it as a pointless conversion.
-_KEEPS_ROUND_TRIPS = hasattr(joint_graph, "_is_lossless_fp_widening_cast")
+
+
+@functools.cache
+def _keeps_round_trips() -> bool:
+    """Whether inductor keeps a float32 -> bf16 -> float32 round trip under ``emulate_precision_casts``.
+
+    torch 2.13 does; torch 2.11's joint-graph pass drops it as a pointless conversion. (Imported
+    here, when a step is traced, not with fastoptim: the pass's module takes seconds to import.)
+    """
+    from torch._inductor.fx_passes import joint_graph
+
+    return hasattr(joint_graph, "_is_lossless_fp_widening_cast")
 
 
 def _scaled(y: Tensor | float, alpha: Scalar) -> Tensor | float:
@@ -136,7 +144,7 @@ class CompiledOps:
     def as_stored_bf16(x: Tensor, like: Tensor) -> Tensor:
         if like.dtype != torch.bfloat16 or x.dtype == like.dtype:
             return x
-        if not _KEEPS_ROUND_TRIPS:
+        if not _keeps_round_trips():
             return _bf16_rounded_by_bits(x)
         return x.to(like.dtype).to(x.dtype)
 
