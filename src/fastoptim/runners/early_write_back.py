@@ -28,6 +28,8 @@ from collections.abc import Callable
 import torch
 from torch import fx
 
+from fastoptim.runners.round_trips import meta_tensor
+
 _COPY = torch.ops.aten.copy_.default
 #: Ops that read a tensor's metadata, not its data.
 _METADATA = tuple(
@@ -181,8 +183,8 @@ def _reads(node: fx.Node, target: fx.Node) -> bool:
 
 def _same_tensor_type(a: fx.Node, b: fx.Node) -> bool:
     """Whether the two nodes' values are tensors of one dtype and shape (from inductor's meta)."""
-    x, y = a.meta.get("val"), b.meta.get("val")
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+    x, y = meta_tensor(a), meta_tensor(b)
+    if x is None or y is None:
         return False
     return x.dtype == y.dtype and x.shape == y.shape
 

@@ -32,7 +32,8 @@ _EXACT_WIDENINGS = {
 }
 
 
-def _tensor(node: object) -> torch.Tensor | None:
+def meta_tensor(node: object) -> torch.Tensor | None:
+    """The tensor inductor's meta holds for ``node``'s value; None for a non-tensor or no meta."""
     value = node.meta.get("val") if isinstance(node, fx.Node) else None
     return value if isinstance(value, torch.Tensor) else None
 
@@ -42,7 +43,7 @@ def _cast_source(node: fx.Node) -> fx.Node | None:
     if node.target is _CONVERT and not node.kwargs:
         return node.args[0] if isinstance(node.args[0], fx.Node) else None
     if node.target is _FUNCTIONAL_COPY and len(node.args) == 2 and not node.kwargs:
-        source, result = _tensor(node.args[1]), _tensor(node)
+        source, result = meta_tensor(node.args[1]), meta_tensor(node)
         if source is not None and result is not None and source.shape == result.shape:
             return node.args[1]
     return None
@@ -50,11 +51,11 @@ def _cast_source(node: fx.Node) -> fx.Node | None:
 
 def _unwidened(node: fx.Node) -> fx.Node | None:
     """The node whose value ``node`` equals exactly: ``x`` for a narrowing of ``x`` widened."""
-    narrowed, source = _tensor(node), _cast_source(node)
+    narrowed, source = meta_tensor(node), _cast_source(node)
     if narrowed is None or source is None or source.target is not _CONVERT:
         return None
     original = source.args[0]
-    wide, value = _tensor(source), _tensor(original)
+    wide, value = meta_tensor(source), meta_tensor(original)
     if wide is None or value is None or value.dtype != narrowed.dtype or value.shape != narrowed.shape:
         return None
     return original if (value.dtype, wide.dtype) in _EXACT_WIDENINGS else None
