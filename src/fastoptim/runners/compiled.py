@@ -49,8 +49,8 @@ from torch.fx.experimental import _config as symbolic_shapes_config
 
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
+from fastoptim.runners.compiled_chunks import bucket_chunks
 from fastoptim.runners.compiled_direct import DirectStep
-from fastoptim.runners.compiled_inputs import Layout, Row, chunks, owned_cache, owned_inputs, row_of
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.low_precision_codegen import low_precision_kernels
 from fastoptim.runners.reduction_fusion import CACHE_KEY, reduction_update_fusion
@@ -157,19 +157,6 @@ def _compile_settings() -> Iterator[None]:
             setattr(config, name, value)
 
 
-def _rows(optimizer: Any, bucket: Bucket) -> tuple[list[Row], list[Layout]]:
-    """Each parameter's inputs ``(param, grad, states, kahan_comp)``, and their layouts."""
-    keep_channels = optimizer.NEEDS_SHAPES
-    cache = owned_cache(optimizer)
-    rows, layouts = [], []
-    for param, grad, states, comp in bucket.tensors():
-        kept = owned_inputs(cache, (param, *states, comp), keep_channels)
-        row, layout = row_of(kept, grad, keep_channels)
-        rows.append(row)
-        layouts.append(layout)
-    return rows, layouts
-
-
 def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
     """Applies ``apply`` to each tensor of ``bucket`` through the compiled step.
 
@@ -183,16 +170,16 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
     algorithm = _algorithm(optimizer)
     options = INDUCTOR_OPTIONS
     direct = DirectStep(apply, algorithm, scalars, update_params, options, bucket.device, bucket.dtype)
-    if "compiled_rows" not in bucket.prepared:
-        bucket.prepared["compiled_rows"] = _rows(optimizer, bucket)
-    rows, layouts = bucket.prepared["compiled_rows"]
+    if "compiled_chunks" not in bucket.prepared:  # reducing algorithms run a bucket twice a step
+        bucket.prepared["compiled_chunks"] = bucket_chunks(optimizer, bucket)
     results = []
-    for chunk, chunk_layouts, real in chunks(rows, layouts):
-        result = direct(chunk, chunk_layouts)
+    for chunk in bucket.prepared["compiled_chunks"]:
+        result = direct(chunk)
         if result is None and direct.disabled:  # for debugging: the same code, eagerly
-            result = _step_chunk(apply, algorithm, chunk, scalars, update_params)
+            result = _step_chunk(apply, algorithm, chunk.rows(), scalars, update_params)
         elif result is None:
             with _compile_settings(), reduction_update_fusion(), low_precision_kernels():
-                result = _compiled_chunk(apply, algorithm, chunk, scalars, update_params)
-        results.extend(result[:real])
+                rows = chunk.rows(detach_grads=True)
+                result = _compiled_chunk(apply, algorithm, rows, scalars, update_params)
+        results.extend(result[: chunk.real])
     return results

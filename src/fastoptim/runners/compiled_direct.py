@@ -50,6 +50,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.utils._sympy.numbers import int_oo
 
+from fastoptim.runners.compiled_chunks import Chunk, row_tensors
 from fastoptim.runners.compiled_inputs import Layout, Row
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.low_precision_codegen import low_precision_kernels
@@ -77,6 +78,8 @@ class _CompiledChunk:
 
     def __call__(self, inputs: list[Tensor]) -> list[Any]:
         outputs = self.artifact(*inputs)
+        if not any(self.results):  # count 0 and None alike: nothing to hand back per row
+            return [None if count is None else () for count in self.results]
         results: list[Any] = []
         position = 0
         for count in self.results:
@@ -123,11 +126,6 @@ def scalar_signature(scalars: SimpleNamespace) -> tuple[Any, ...] | None:
 
 def _is_tensor(value: Any) -> bool:
     return isinstance(value, Tensor)
-
-
-def _row_tensors(row: Row) -> list[Tensor]:
-    param, grad, states, comp = row
-    return [param, grad, *states, *([] if comp is None else [comp])]
 
 
 def _chunk_step(
@@ -233,7 +231,7 @@ def _probe(chunk: tuple[Row, ...], extra: int) -> list[list[Tensor]]:
     def probe(tensor: Tensor, i: int) -> Tensor:
         return torch.rand(_probe_shape(tensor.dim(), i, extra), generator=generator).to(tensor.dtype)
 
-    return [[probe(t, i) for t in _row_tensors(row)] for i, row in enumerate(chunk)]
+    return [[probe(t, i) for t in row_tensors(row)] for i, row in enumerate(chunk)]
 
 
 def _steps_other_sizes(
@@ -345,27 +343,20 @@ class DirectStep:
         deterministic = torch.are_deterministic_algorithms_enabled()
         self.key = (apply, type(algorithm), update_params, signature, deterministic)
 
-    def __call__(self, chunk: tuple[Row, ...], layouts: tuple[Layout, ...]) -> list[Any] | None:
+    def __call__(self, chunk: Chunk) -> list[Any] | None:
         """Runs ``chunk`` through its compiled step, compiling it on first use.
-
-        Args:
-            chunk: The rows, ``(param, grad, states, kahan_comp)`` each.
-            layouts: Each row's :data:`~fastoptim.runners.compiled_inputs.Layout`.
 
         Returns:
             What ``apply`` returned per row, or None when this path cannot take the chunk.
         """
-        if not self.usable or None in layouts:
+        if not self.usable or None in chunk.layouts:
             return None
-        key = (*self.key, layouts)
+        key = (*self.key, chunk.layouts)
         compiled = _COMPILED.get(key, _MISSING)
         if compiled is _MISSING:
+            layouts, name = chunk.layouts, type(self.algorithm).__name__
             chunk_step = _chunk_step(self.apply, self.algorithm, self.scalars, layouts, self.update_params)
-            name = type(self.algorithm).__name__
-            compiled = _COMPILED[key] = _compile(chunk_step, chunk, self.scalars, self.options, name)
+            compiled = _COMPILED[key] = _compile(chunk_step, chunk.rows(), self.scalars, self.options, name)
         if compiled is None:
             return None
-        inputs = [getattr(self.scalars, name) for name in compiled.scalar_names]
-        for row in chunk:
-            inputs += _row_tensors(row)
-        return compiled(inputs)
+        return compiled([getattr(self.scalars, name) for name in compiled.scalar_names] + chunk.tensors)

@@ -13,10 +13,11 @@ per step, as possible:
 * Making an alias costs about 1 µs, checking one about 0.2 µs. The parameter, its states and
   its Kahan buffer live as long as the optimizer, so their aliases are kept and made again only
   when a tensor moved (``p.data = ...``, ``load_state_dict``). Gradients are usually new every
-  step and are aliased each time.
-* The last chunk of a long bucket is filled up with padding rows of two-element tensors (zeros
-  at first, whatever the step makes of them later; their results are dropped), so a model of
-  any size needs one graph, not one per chunk length.
+  step and are aliased each time. (:mod:`~fastoptim.runners.compiled_chunks` keeps whole
+  buckets too, cut into chunks.)
+* The last chunk of a long bucket is filled up with :func:`padding` rows of two-element tensors
+  (zeros at first, whatever the step makes of them later; their results are dropped), so a model
+  of any size needs one graph, not one per chunk length.
 * Each row comes with its :data:`Layout`: the dtypes of its tensors and their rank when all of
   them are aliases of the parameter's shape with at least two elements along each dimension,
   which is what a chunk called without dynamo (:mod:`~fastoptim.runners.compiled_direct`) is
@@ -26,7 +27,6 @@ per step, as possible:
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -54,6 +54,8 @@ class Owned:
         param, states, comp: The inputs made for them (aliases when contiguous).
         pointers, sizes: The tensors' addresses and numbers of elements when the inputs were
             made (None for a missing Kahan buffer), to tell when one moved or was resized.
+        channel_shape: The parameter's shape when its inputs are channel views (then a
+            parameter reshaped in place, same memory, needs other views); None otherwise.
         aliased: Whether every input is an alias of a contiguous tensor (and so kept between
             steps).
         layout: The row's :data:`Layout` for a gradient of the parameter's dtype; None when
@@ -61,13 +63,14 @@ class Owned:
             along each dimension.
     """
 
-    __slots__ = ("aliased", "comp", "layout", "param", "pointers", "sizes", "states")
+    __slots__ = ("aliased", "channel_shape", "comp", "layout", "param", "pointers", "sizes", "states")
 
     def __init__(self, owned: tuple[Tensor | None, ...], keep_channels: bool) -> None:
         inputs = tuple(as_input(t, keep_channels) for t in owned)
         self.param, self.states, self.comp = inputs[0], inputs[1:-1], inputs[-1]
         self.pointers = tuple(None if t is None else t.data_ptr() for t in owned)
         self.sizes = tuple(0 if t is None else t.numel() for t in owned)
+        self.channel_shape = owned[0].shape if keep_channels else None
         self.aliased = all(t is None or t.is_contiguous() for t in owned)
         self.layout: Layout = None
         shape = self.param.shape
@@ -79,11 +82,14 @@ class Owned:
         """Whether the kept inputs still share the memory of ``tensors``, element for element.
 
         A tensor that moved has another address; one that was reshaped in place (``p.data =
-        p.data.t()``) keeps it but is no longer contiguous or has another size. (A new dtype at
+        p.data.t()``) keeps it but is no longer contiguous or has another size, or, for channel
+        views, another shape. (A new dtype at
         the same address would need a reinterpreting view, which no optimizer state or parameter
         is.)
         """
         if len(tensors) != len(self.pointers):
+            return False
+        if self.channel_shape is not None and tensors[0].shape != self.channel_shape:
             return False
         for tensor, pointer, size in zip(tensors, self.pointers, self.sizes, strict=True):
             if tensor is None:
@@ -159,7 +165,7 @@ def _padding_tensor(like: Tensor | None) -> Tensor | None:
     return torch.zeros((_PADDING_SIZE,) * like.dim(), dtype=like.dtype, device=like.device)
 
 
-def _padding(like: Row, count: int) -> list[Row]:
+def padding(like: Row, count: int) -> list[Row]:
     """``count`` padding rows laid out as ``like``: distinct tensors, so no inputs alias."""
     param, grad, states, comp = like
     tensors = (param, grad, *states, comp)
@@ -175,31 +181,3 @@ def _padding(like: Row, count: int) -> list[Row]:
             )
         )
     return rows[:count]
-
-
-Chunk = tuple[tuple[Row, ...], tuple[Layout, ...], int]
-
-
-def chunks(rows: list[Row], layouts: list[Layout]) -> Iterator[Chunk]:
-    """``rows`` cut into the chunks of one call each: one graph serves a bucket of any length.
-
-    A bucket of fewer than :data:`CHUNK_SIZE` rows is run one row per call; a longer one in
-    chunks of :data:`CHUNK_SIZE`, the last one padded. (Padding short buckets too would save
-    calls but compile a 16-row graph for every small model: 7 s more on a CPU.)
-
-    Yields:
-        ``(chunk, layouts, real)``: the chunk's rows, their layouts, and how many of them (the
-        first ones) are ``rows``'. Padding rows have the layout of the row they copy.
-    """
-    if len(rows) < CHUNK_SIZE:
-        for row, layout in zip(rows, layouts, strict=True):
-            yield (row,), (layout,), 1
-        return
-    for start in range(0, len(rows), CHUNK_SIZE):
-        chunk = rows[start : start + CHUNK_SIZE]
-        chunk_layouts = layouts[start : start + CHUNK_SIZE]
-        real = len(chunk)
-        if real < CHUNK_SIZE:
-            chunk = chunk + _padding(chunk[-1], CHUNK_SIZE - real)
-            chunk_layouts = chunk_layouts + [chunk_layouts[-1]] * (CHUNK_SIZE - real)
-        yield tuple(chunk), tuple(chunk_layouts), real
