@@ -17,9 +17,11 @@ per-parameter step that gradient release runs inside backward.
 
 from __future__ import annotations
 
+import operator
 import threading
 import warnings
 from collections.abc import Callable, Iterable
+from itertools import chain
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -36,23 +38,28 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 #: What a rule returns: a function adding the update to its argument, and the new states.
 RuleResult = tuple[Callable[[Any], Any], tuple[Any, ...]]
+#: A tensor's version counter (bumped by every in-place change).
+_VERSION = operator.attrgetter("_version")
 #: One param group's part of a step: the group and the buckets of its parameters with gradients.
 Plan = tuple[dict[str, Any], list[Bucket]]
 
 
 def _sum_partials(results: list[Any]) -> list[float] | None:
-    """Adds up the partial sums of every tensor, on the device and in float64; one host sync."""
-    columns: list[list[Tensor]] = []
-    for result in results:
-        if result is None:
-            continue
-        for index, value in enumerate(result):
-            if index == len(columns):
-                columns.append([])
-            columns[index].extend(value if isinstance(value, list) else [value])
-    if not columns:
+    """Adds up the partial sums of every tensor, on the device and in float64; one host sync.
+
+    ``results`` holds, per tensor (or per list of tensors, from the foreach runner), None or a
+    tuple of partial sums (each a 0-d tensor, or a list of them).
+    """
+    rows = [result for result in results if result is not None]
+    if not rows:
         return None
-    return torch.stack([torch.stack(c).to(torch.float64).sum() for c in columns]).tolist()
+    columns: list[Any] = list(zip(*rows, strict=True))
+    if any(isinstance(value, list) for column in columns for value in column):
+        columns = [
+            [t for value in column for t in (value if isinstance(value, list) else [value])]
+            for column in columns
+        ]
+    return torch.stack([torch.stack(column).to(torch.float64).sum() for column in columns]).tolist()
 
 
 def hyperparameters(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -350,14 +357,12 @@ class Optimizer(torch.optim.Optimizer):
         The states are those of the parameters with gradients: which tensors, and their version
         counters (in-place changes such as ``restart_opt`` bump them).
         """
-        return tuple(
-            (
-                id(group),
-                self.counts_in_reduction(group),
-                tuple((id(t), t._version) for bucket in buckets for column in bucket.states for t in column),
-            )
-            for group, buckets in plans
-        )
+        inputs = []
+        for group, buckets in plans:
+            states = list(chain.from_iterable(column for bucket in buckets for column in bucket.states))
+            versions = tuple(map(_VERSION, states))
+            inputs.append((id(group), self.counts_in_reduction(group), tuple(map(id, states)), versions))
+        return tuple(inputs)
 
     def _run(self, buckets: list[Bucket], backend: str, update_params: bool, apply: Any) -> list[Any]:
         results = []
