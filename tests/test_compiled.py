@@ -308,7 +308,7 @@ def test_kernels_use_every_thread_whatever_sizes_they_were_compiled_for() -> Non
     lines = [line.strip() for code in codes for line in code.splitlines()]
     loops = [index for index, line in enumerate(lines) if line.startswith("for(int64_t x0=")]
     assert loops, "no kernel loop found in the generated code"
-    assert all(lines[index - 1] == "#pragma omp for" for index in loops)
+    assert all(lines[index - 1].startswith("#pragma omp for") for index in loops)
 
 
 def test_adamp_weights_are_stepped_as_channel_views_without_dynamo() -> None:

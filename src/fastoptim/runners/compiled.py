@@ -52,8 +52,7 @@ from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.compiled_chunks import bucket_chunks
 from fastoptim.runners.compiled_direct import DirectStep
 from fastoptim.runners.compiled_ops import CompiledOps
-from fastoptim.runners.low_precision_codegen import low_precision_kernels
-from fastoptim.runners.reduction_fusion import CACHE_KEY, reduction_update_fusion
+from fastoptim.runners.reduction_fusion import CACHE_KEY, inductor_patches
 
 #: Distinct graphs one process may compile for the runner's entry point (torch's defaults, 8 per
 #: function and 256 in all, are too few for a library whose optimizers, dtypes and phases all
@@ -178,7 +177,7 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
         if result is None and direct.disabled:  # for debugging: the same code, eagerly
             result = _step_chunk(apply, algorithm, chunk.rows(), scalars, update_params)
         elif result is None:
-            with _compile_settings(), reduction_update_fusion(), low_precision_kernels():
+            with _compile_settings(), inductor_patches():
                 rows = chunk.rows(detach_grads=True)
                 result = _compiled_chunk(apply, algorithm, rows, scalars, update_params)
         results.extend(result[: chunk.real])

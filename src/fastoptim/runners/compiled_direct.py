@@ -53,8 +53,7 @@ from torch.utils._sympy.numbers import int_oo
 from fastoptim.runners.compiled_chunks import Chunk, row_tensors
 from fastoptim.runners.compiled_inputs import Layout, Row
 from fastoptim.runners.compiled_ops import CompiledOps
-from fastoptim.runners.low_precision_codegen import low_precision_kernels
-from fastoptim.runners.reduction_fusion import reduction_update_fusion
+from fastoptim.runners.reduction_fusion import inductor_patches
 
 #: Parameter dtypes this path takes. bf16 and fp16 chunks once stayed with ``torch.compile``,
 #: whose kernel stepped bf16 Adam twice as fast; traced on probe rows of 4096 elements (vector
@@ -287,7 +286,7 @@ def _compile(
             raise ValueError("the traced sizes are not free symbols of their own rows")
         symbolic_inputs = [node.meta["val"] for node in graph.graph.nodes if node.op == "placeholder"]
         tracing = torch._guards.tracing(torch._guards.TracingContext(fake_mode))
-        with reduction_update_fusion(), low_precision_kernels(), tracing:
+        with inductor_patches(), tracing:
             artifact = torch._inductor.standalone_compile(
                 graph,
                 symbolic_inputs,

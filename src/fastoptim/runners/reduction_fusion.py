@@ -33,7 +33,8 @@ changed and the phase simply stays two loops (and where it cannot split and rest
 loop is split). Inductor's on-disk cache does not see the patch, so the runner also passes
 :data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
 :mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those (and
-of :mod:`~fastoptim.runners.low_precision_codegen`'s): graphs compiled with and without these
+of :mod:`~fastoptim.runners.low_precision_codegen`'s and :mod:`~fastoptim.runners.loop_barriers`'s):
+graphs compiled with and without these
 changes never share a cache entry.
 """
 
@@ -45,8 +46,10 @@ from typing import Any
 
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from fastoptim.runners import early_write_back, low_precision_codegen, round_trips
+from fastoptim.runners import early_write_back, loop_barriers, low_precision_codegen, round_trips
 from fastoptim.runners.early_write_back import write_back_early
+from fastoptim.runners.loop_barriers import barriers_where_needed
+from fastoptim.runners.low_precision_codegen import low_precision_kernels
 from fastoptim.runners.round_trips import drop_round_trips
 
 try:
@@ -71,8 +74,9 @@ class _FusionCacheKey(CustomGraphPass):
 
     See :func:`~fastoptim.runners.round_trips.drop_round_trips` and
     :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's cache
-    on this module, those, and :mod:`~fastoptim.runners.low_precision_codegen` (patches of the
-    CPU backend the cache does not see either).
+    on this module, those, :mod:`~fastoptim.runners.low_precision_codegen` and
+    :mod:`~fastoptim.runners.loop_barriers` (patches of the CPU backend the cache does not see
+    either).
     """
 
     def __call__(self, graph: Any) -> None:
@@ -81,6 +85,7 @@ class _FusionCacheKey(CustomGraphPass):
 
     def uuid(self) -> bytes:
         files = (__file__, early_write_back.__file__, round_trips.__file__, low_precision_codegen.__file__)
+        files += (loop_barriers.__file__,)
         return get_hash_for_files(files)
 
 
@@ -198,3 +203,14 @@ def reduction_update_fusion() -> Iterator[None]:
         yield
     finally:
         CppScheduling.can_fuse_vertical = _ORIGINAL
+
+
+@contextlib.contextmanager
+def inductor_patches() -> Iterator[None]:
+    """Every patch of inductor the runner's graphs compile under (:data:`CACHE_KEY` keys them).
+
+    :func:`reduction_update_fusion`, :func:`~fastoptim.runners.low_precision_codegen.low_precision_kernels`
+    and :func:`~fastoptim.runners.loop_barriers.barriers_where_needed`.
+    """
+    with reduction_update_fusion(), low_precision_kernels(), barriers_where_needed():
+        yield
