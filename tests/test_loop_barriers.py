@@ -7,6 +7,7 @@ directives inductor generates for small programs, and on their results against e
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import torch
@@ -19,13 +20,13 @@ from fastoptim.runners.reduction_fusion import inductor_patches
 def _directives_and_results(
     step: Callable[..., None], tensors: list[Tensor]
 ) -> tuple[list[str], list[Tensor]]:
-    """The OpenMP directives of ``step`` compiled under the runner's patches (not ``simd`` ones),
-    and the tensors it updated in place."""
+    """The OpenMP directives of ``step`` compiled under the runner's patches (not ``simd`` ones,
+    without the thread counts some torch versions write), and the tensors it updated in place."""
     compiled = [t.clone() for t in tensors]
     no_cache = torch._inductor.config.patch(fx_graph_cache=False)
     with inductor_patches(), no_cache:
         _, codes = run_and_get_code(torch.compile(step, dynamic=True), *compiled)
-    lines = [line.strip() for code in codes for line in code.splitlines()]
+    lines = [re.sub(r" num_threads\(\d+\)", "", line.strip()) for code in codes for line in code.splitlines()]
     return [line for line in lines if line.startswith("#pragma omp") and " simd" not in line], compiled
 
 
