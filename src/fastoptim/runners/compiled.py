@@ -17,10 +17,12 @@ What decides a compilation, and what does not:
   weights keep their shapes).
 * One call updates a chunk of :data:`~fastoptim.runners.compiled_inputs.CHUNK_SIZE` tensors
   (one loop each), which spreads the fixed cost of a call (wrappers, and guards through
-  ``torch.compile``) over the chunk; the
-  last chunk is padded (:mod:`~fastoptim.runners.compiled_inputs`), so a model of any size needs
-  one graph. Sizes within a chunk are independent symbols (no duck shaping), so tensors of equal
-  size in one model do not tie the graph to that model.
+  ``torch.compile``) over the chunk; the last chunk is padded, so a model of any size needs one
+  graph. A bucket's chunks are kept between steps and checked in bulk
+  (:mod:`~fastoptim.runners.compiled_chunks`). Sizes within a chunk are independent symbols (no
+  duck shaping), so tensors of equal size in one model do not tie the graph to that model.
+* A kernel's loops wait for each other only where one depends on another
+  (:mod:`~fastoptim.runners.loop_barriers`).
 * Inductor's ``cpp.dynamic_threads`` is on. Otherwise inductor decides at compile time, from the
   sizes it first sees, whether each loop runs on all threads or on one; the graph is then reused
   (and cached on disk) for every other model, so a graph first compiled for small tensors ran a
