@@ -8,12 +8,13 @@ of those loops touch tensors no other loop touches, so most of those waits guard
 elements: 22.6 and 25.9 ms with them, 19.8 and 21.8 without).
 
 While the runner's graphs compile (:func:`barriers_where_needed`), a kernel whose code is a single
-worksharing loop gets ``nowait``, and an explicit ``#pragma omp barrier`` goes before a kernel
-that reads or writes a buffer that a loop since the last barrier wrote, or that writes a buffer
-such a loop read. Buffers count by their memory: a mutated input and the buffer inductor writes
-it through are one, and so are buffers inductor reuses in place. Any other kernel code (a kernel
-with several loops, a reduction with its own parallel region) is left as it is, and what it
-touches still counts. The end of the parallel region remains a barrier for all.
+worksharing loop, not inside another loop, gets ``nowait``, and an explicit ``#pragma omp
+barrier`` goes before a kernel that reads or writes a buffer that a loop since the last barrier
+wrote, or that writes a buffer such a loop read. Buffers count by their memory: a mutated input
+and the buffer inductor writes it through are one, and so are buffers inductor reuses in place.
+Any other kernel code (a kernel with several loops, a reduction with its own parallel region) is
+left as it is, and what it touches still counts. The end of the parallel region remains a
+barrier for all.
 
 Where this torch lacks the hook (``KernelGroup.finalize_kernel``), nothing is patched.
 """
@@ -67,6 +68,18 @@ def _pragmas(lines: list[Any]) -> list[int]:
     ]
 
 
+def _outermost_loop(lines: list[Any], index: int) -> bool:
+    """Whether ``lines[index]`` is a worksharing loop that no loop of the kernel encloses.
+
+    (A worksharing loop inside a serial loop runs once per outer iteration, and its iterations
+    may go to other threads each time.)
+    """
+    before = lines[:index]
+    return lines[index].lstrip().startswith(_FOR) and not any(
+        isinstance(line, str) and line.lstrip().startswith("for(") for line in before
+    )
+
+
 def _finalize_kernel(self: Any, new_kernel: Any, nodes: list[Any]) -> None:
     lines = self.loops_code._lines
     mark = len(lines)
@@ -83,14 +96,14 @@ def _finalize_kernel(self: Any, new_kernel: Any, nodes: list[Any]) -> None:
         since[:] = [set(), set()]
         pragmas = pragmas[1:]
     elif reads is None or since[0] is None or (reads | writes) & since[1] or writes & since[0]:
-        first = next(line for line in emitted if isinstance(line, str))
+        first = next((line for line in emitted if isinstance(line, str)), "")
         lines.insert(mark, first[: len(first) - len(first.lstrip())] + "#pragma omp barrier")
         mark += 1
         since[:] = [set(), set()]
     if reads is None:
         since[:] = [None, None]  # the next kernel waits for this one
         return
-    if len(pragmas) == 1 and emitted[pragmas[0]].lstrip().startswith(_FOR) and self.ws.in_parallel:
+    if len(pragmas) == 1 and _outermost_loop(emitted, pragmas[0]) and self.ws.in_parallel:
         lines[mark + pragmas[0]] += " nowait"
     since[0] |= reads
     since[1] |= writes
