@@ -9,11 +9,13 @@ uses. Each scenario runs on the compiled runner and on the loop runner, exactly 
 from __future__ import annotations
 
 import copy
+import gc
 from collections.abc import Callable
 
 import pytest
 import torch
 from torch import Tensor
+from torch.multiprocessing.reductions import StorageWeakRef
 
 import fastoptim
 from fastoptim.runners import compiled_chunks
@@ -131,3 +133,18 @@ def test_channel_views_follow_a_parameter_reshaped_in_place() -> None:
         results.append([weight.detach().clone(), bias.detach().clone()])
     assert results[0][0].shape == (4, 6)
     assert max_abs_diff(*results) <= 1e-13
+
+
+def test_load_state_dict_frees_the_states_it_replaces() -> None:
+    """The kept inputs alias the states: loading a checkpoint drops them with the states, so a
+    resumed run does not hold two copies of the optimizer's state until its next step."""
+    param = torch.nn.Parameter(torch.randn(1000, dtype=torch.float64))
+    param.grad = torch.randn(1000, dtype=torch.float64)
+    optimizer = fastoptim.AdamW([param], lr=1e-2, weight_decay=1e-2, backend="compiled")
+    optimizer.step()
+    states = [t for t in optimizer.state[param].values() if isinstance(t, Tensor) and t.dim() > 0]
+    replaced = [StorageWeakRef(t.untyped_storage()) for t in states]
+    del states
+    optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    gc.collect()
+    assert replaced and all(ref.expired() for ref in replaced)

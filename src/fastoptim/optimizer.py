@@ -31,6 +31,7 @@ from torch import Tensor
 from fastoptim.precision import is_low_precision
 from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
 from fastoptim.runners.apply import apply_accumulate, apply_one_pass, apply_rule, apply_update
+from fastoptim.runners.compiled_chunks import forget_kept_inputs
 from fastoptim.runners.ops import Workspace
 from fastoptim.validation import check_bool, check_nonnegative, check_positive
 
@@ -484,6 +485,16 @@ class Optimizer(torch.optim.Optimizer):
             buckets = self._prepare_buckets(group, [param], self.global_scalars())
             self._run(buckets, "loop", not self.optimizer_accumulation, apply_rule)
         param.grad = None
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Loads a ``state_dict()`` as ``torch.optim.Optimizer.load_state_dict`` does.
+
+        The compiled backend's kept aliases of the replaced states are dropped with them, so that
+        their memory is freed now, not at the next step (a resumed run would otherwise hold two
+        copies of the optimizer's state through its first forward and backward).
+        """
+        super().load_state_dict(state_dict)
+        forget_kept_inputs(self)
 
     def __getstate__(self) -> dict[str, Any]:
         kept = ("backend", "gradient_release", "optimizer_accumulation", *self.PICKLED_ATTRIBUTES)

@@ -33,6 +33,7 @@ from fastoptim.runners.compiled_inputs import (
     CHUNK_SIZE,
     Layout,
     Row,
+    forget_owned,
     owned_cache,
     owned_inputs,
     padding,
@@ -190,3 +191,13 @@ def bucket_chunks(optimizer: Any, bucket: Bucket) -> list[Chunk]:
         Chunk([t for row in chunk for t in row_tensors(row)], tuple(chunk_layouts), real, n_states, has_comp)
         for chunk, chunk_layouts, real, _ in _cut(rows, layouts)
     ]
+
+
+def forget_kept_inputs(optimizer: Any) -> None:
+    """Drops every alias the runner keeps of ``optimizer``'s parameters and states.
+
+    They share the memory of the tensors they were made for: after ``load_state_dict`` they would
+    keep the replaced states alive until the next step checks them.
+    """
+    _KEPT.pop(optimizer, None)
+    forget_owned(optimizer)

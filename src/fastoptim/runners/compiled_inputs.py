@@ -138,6 +138,11 @@ def owned_inputs(cache: dict[int, Owned], owned: tuple[Tensor | None, ...], keep
     return kept
 
 
+def forget_owned(optimizer: Any) -> None:
+    """Drops what :func:`owned_inputs` kept for ``optimizer`` (aliases keep memory alive)."""
+    _OWNED.pop(optimizer, None)
+
+
 def owned_cache(optimizer: Any) -> dict[int, Owned]:
     """The cache of :func:`owned_inputs` for ``optimizer``'s parameters."""
     return _OWNED.setdefault(optimizer, {})
