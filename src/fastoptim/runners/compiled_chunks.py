@@ -23,7 +23,7 @@ from __future__ import annotations
 import operator
 import weakref
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any
 
 from torch import Tensor
@@ -33,6 +33,7 @@ from fastoptim.runners.compiled_inputs import (
     CHUNK_SIZE,
     Layout,
     Row,
+    as_input,
     forget_owned,
     owned_cache,
     owned_inputs,
@@ -67,13 +68,18 @@ class Chunk:
                 dynamo guards on a view's base (a flattened weight's gradient would need
                 another graph than a bias's).
         """
-        width = 2 + self.n_states + self.has_comp
+        width = row_width(self.n_states, self.has_comp)
         rows = []
         for start in range(0, len(self.tensors), width):
             param, grad, *rest = self.tensors[start : start + width]
             comp = rest.pop() if self.has_comp else None
             rows.append((param, grad.detach() if detach_grads else grad, tuple(rest), comp))
         return tuple(rows)
+
+
+def row_width(n_states: int, has_comp: bool) -> int:
+    """Tensors per row: parameter, gradient, states, and the Kahan buffer when there is one."""
+    return 2 + n_states + has_comp
 
 
 def row_tensors(row: Row) -> list[Tensor]:
@@ -109,11 +115,6 @@ def _own_tensors(bucket: Bucket) -> list[Tensor]:
     return [*bucket.params, *chain.from_iterable(bucket.states), *(bucket.kahan_comps or ())]
 
 
-def _grad_input(grad: Tensor) -> Tensor:
-    """A contiguous gradient shaped as its parameter's input when channels are kept."""
-    return grad.view(grad.size(0), -1) if grad.dim() >= 2 else grad.flatten()
-
-
 class _KeptBucket:
     """A bucket's chunks without their gradients, and what its tensors were when they were made."""
 
@@ -125,7 +126,7 @@ class _KeptBucket:
         self.shapes = tuple(map(operator.attrgetter("shape"), bucket.params)) if keep_channels else None
         self.dtype = bucket.dtype
         self.n_states, self.has_comp = len(bucket.states), bucket.kahan_comps is not None
-        self.width = 2 + self.n_states + self.has_comp
+        self.width = row_width(self.n_states, self.has_comp)
         #: Per chunk: its tensors with None for the bucket's gradients, layouts, real rows, first row.
         self.templates = []
         for chunk, chunk_layouts, real, start in _cut(rows, layouts):
@@ -150,7 +151,7 @@ class _KeptBucket:
         if self.shapes is None:
             grad_inputs = list(map(Tensor.flatten, grads))
         elif tuple(map(operator.attrgetter("shape"), params)) == self.shapes:
-            grad_inputs = list(map(_grad_input, grads))
+            grad_inputs = list(map(as_input, grads, repeat(True)))
         else:
             return None
         chunks = []
@@ -175,16 +176,16 @@ def bucket_chunks(optimizer: Any, bucket: Bucket) -> list[Chunk]:
         return chunks
     keep_channels = optimizer.NEEDS_SHAPES
     cache = owned_cache(optimizer)
-    rows, layouts, aliased = [], [], True
+    rows, layouts, owns = [], [], []
     for param, grad, states, comp in bucket.tensors():
         own = owned_inputs(cache, (param, *states, comp), keep_channels)
         row, layout = row_of(own, grad, keep_channels)
         rows.append(row)
         layouts.append(layout)
-        aliased = aliased and own.aliased
-    if aliased:
-        kept_rows = [(param, param, states, comp) for param, _, states, comp in rows]  # grads: filled in
-        kept_layouts = [cache[id(p)].layout for p in bucket.params]
+        owns.append(own)
+    if all(own.aliased for own in owns):
+        kept_rows = [(own.param, own.param, own.states, own.comp) for own in owns]  # grads: filled in
+        kept_layouts = [own.layout for own in owns]
         kept_buckets[key] = _KeptBucket(bucket, kept_rows, kept_layouts, keep_channels)
     n_states, has_comp = len(bucket.states), bucket.kahan_comps is not None
     return [

@@ -50,7 +50,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.utils._sympy.numbers import int_oo
 
-from fastoptim.runners.compiled_chunks import Chunk, row_tensors
+from fastoptim.runners.compiled_chunks import Chunk, row_tensors, row_width
 from fastoptim.runners.compiled_inputs import Layout, Row
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.reduction_fusion import inductor_patches
@@ -145,7 +145,7 @@ def _chunk_step(
         results = []
         for layout in layouts:
             _, _, states, comp, _ = layout
-            width = 2 + len(states) + (comp is not None)
+            width = row_width(len(states), comp is not None)
             param, grad, *rest = tensors[position : position + width]
             position += width
             row_states, row_comp = (tuple(rest[:-1]), rest[-1]) if comp is not None else (tuple(rest), None)

@@ -34,8 +34,7 @@ loop is split). Inductor's on-disk cache does not see the patch, so the runner a
 :data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
 :mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those (and
 of :mod:`~fastoptim.runners.low_precision_codegen`'s and :mod:`~fastoptim.runners.loop_barriers`'s):
-graphs compiled with and without these
-changes never share a cache entry.
+graphs compiled with and without these changes never share a cache entry.
 """
 
 from __future__ import annotations
@@ -84,9 +83,8 @@ class _FusionCacheKey(CustomGraphPass):
         write_back_early(graph)
 
     def uuid(self) -> bytes:
-        files = (__file__, early_write_back.__file__, round_trips.__file__, low_precision_codegen.__file__)
-        files += (loop_barriers.__file__,)
-        return get_hash_for_files(files)
+        modules = (early_write_back, round_trips, low_precision_codegen, loop_barriers)
+        return get_hash_for_files((__file__, *(module.__file__ for module in modules)))
 
 
 #: Passed to inductor as ``post_grad_custom_post_pass``; see the module's docstring.
