@@ -33,7 +33,8 @@ changed and the phase simply stays two loops (and where it cannot split and rest
 loop is split). Inductor's on-disk cache does not see the patch, so the runner also passes
 :data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
 :mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those (and
-of :mod:`~fastoptim.runners.low_precision_codegen`'s and :mod:`~fastoptim.runners.loop_barriers`'s):
+of :mod:`~fastoptim.runners.low_precision_codegen`'s, :mod:`~fastoptim.runners.loop_barriers`'s and
+:mod:`~fastoptim.runners.register_cascade`'s):
 graphs compiled with and without these changes never share a cache entry.
 """
 
@@ -45,10 +46,17 @@ from typing import Any
 
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from fastoptim.runners import early_write_back, loop_barriers, low_precision_codegen, round_trips
+from fastoptim.runners import (
+    early_write_back,
+    loop_barriers,
+    low_precision_codegen,
+    register_cascade,
+    round_trips,
+)
 from fastoptim.runners.early_write_back import write_back_early
 from fastoptim.runners.loop_barriers import barriers_where_needed
 from fastoptim.runners.low_precision_codegen import low_precision_kernels
+from fastoptim.runners.register_cascade import sums_in_registers
 from fastoptim.runners.round_trips import drop_round_trips
 
 try:
@@ -73,9 +81,9 @@ class _FusionCacheKey(CustomGraphPass):
 
     See :func:`~fastoptim.runners.round_trips.drop_round_trips` and
     :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's cache
-    on this module, those, :mod:`~fastoptim.runners.low_precision_codegen` and
-    :mod:`~fastoptim.runners.loop_barriers` (patches of the CPU backend the cache does not see
-    either).
+    on this module, those, :mod:`~fastoptim.runners.low_precision_codegen`,
+    :mod:`~fastoptim.runners.loop_barriers` and :mod:`~fastoptim.runners.register_cascade`
+    (patches of the CPU backend the cache does not see either).
     """
 
     def __call__(self, graph: Any) -> None:
@@ -83,7 +91,7 @@ class _FusionCacheKey(CustomGraphPass):
         write_back_early(graph)
 
     def uuid(self) -> bytes:
-        modules = (early_write_back, round_trips, low_precision_codegen, loop_barriers)
+        modules = (early_write_back, round_trips, low_precision_codegen, loop_barriers, register_cascade)
         return get_hash_for_files((__file__, *(module.__file__ for module in modules)))
 
 
@@ -207,8 +215,9 @@ def reduction_update_fusion() -> Iterator[None]:
 def inductor_patches() -> Iterator[None]:
     """Every patch of inductor the runner's graphs compile under (:data:`CACHE_KEY` keys them).
 
-    :func:`reduction_update_fusion`, :func:`~fastoptim.runners.low_precision_codegen.low_precision_kernels`
-    and :func:`~fastoptim.runners.loop_barriers.barriers_where_needed`.
+    :func:`reduction_update_fusion`, :func:`~fastoptim.runners.low_precision_codegen.low_precision_kernels`,
+    :func:`~fastoptim.runners.loop_barriers.barriers_where_needed` and
+    :func:`~fastoptim.runners.register_cascade.sums_in_registers`.
     """
-    with reduction_update_fusion(), low_precision_kernels(), barriers_where_needed():
+    with reduction_update_fusion(), low_precision_kernels(), barriers_where_needed(), sums_in_registers():
         yield
