@@ -95,7 +95,8 @@ def main() -> None:
     parser.add_argument("--flush-mib", type=int, default=1024, help="buffer written before each step")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, patch {args.patch}")
-    print(f"{args.params / 1e6:.0f}M parameters in {args.tensors} tensors, median of {args.rounds} steps each\n")
+    size = f"{args.params / 1e6:.0f}M parameters in {args.tensors} tensors"
+    print(f"{size}, median of {args.rounds} steps each\n")
     print("| algorithm | with (ms) | without (ms) | with / without |")
     print("| --- | ---: | ---: | ---: |")
     for algorithm in args.algorithms:
