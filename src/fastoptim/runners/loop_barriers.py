@@ -22,8 +22,9 @@ Where this torch lacks the hook (``KernelGroup.finalize_kernel``), nothing is pa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
+
+from fastoptim.runners.attribute_patch import replaced
 
 try:
     from torch._inductor.codegen import cpp
@@ -109,13 +110,7 @@ def _finalize_kernel(self: Any, new_kernel: Any, nodes: list[Any]) -> None:
     since[1] |= writes
 
 
-@contextlib.contextmanager
-def barriers_where_needed() -> Iterator[None]:
+def barriers_where_needed() -> contextlib.AbstractContextManager[None]:
     """Inductor's CPU kernels wait after a loop only where a later loop depends on it."""
-    if _CAN_PATCH:
-        cpp.KernelGroup.finalize_kernel = _finalize_kernel
-    try:
-        yield
-    finally:
-        if _CAN_PATCH:
-            cpp.KernelGroup.finalize_kernel = _ORIGINAL
+    kernel_group = getattr(cpp, "KernelGroup", None)
+    return replaced(kernel_group, "finalize_kernel", _finalize_kernel, enabled=_CAN_PATCH)

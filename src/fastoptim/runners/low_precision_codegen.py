@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from fastoptim.runners.attribute_patch import replaced
+
 try:
     from torch._inductor.codegen import cpp
 except ImportError:  # pragma: no cover - a torch without the CPU backend
@@ -41,7 +43,6 @@ _CAN_WIDEN = cpp is not None and all(hasattr(cpp, name) for name in _TILING_HOOK
 _ORIGINAL_SELECT = cpp.TilingSelect.select_tiling if _CAN_WIDEN else None
 _ORIGINAL_LOWP = cpp.get_loop_body_lowp_fp if _CAN_WIDEN else None
 _CAN_ROUND = cpp is not None and hasattr(getattr(cpp, "CppKernel", None), "cache_dtype_convert")
-_ORIGINAL_CACHE = cpp.CppKernel.cache_dtype_convert if _CAN_ROUND else None
 
 
 def _shared_low_precision(fn_list: Any) -> torch.dtype | None:
@@ -58,11 +59,8 @@ def _select_tiling(self: Any, fn_list: Any, var_sizes_list: Any) -> Any:
     dtype = _shared_low_precision(fn_list)
     if dtype is None:
         return _ORIGINAL_SELECT(self, fn_list, var_sizes_list)
-    cpp.get_loop_body_lowp_fp = lambda body: (dtype, True)  # what the choice asks of each node
-    try:
+    with replaced(cpp, "get_loop_body_lowp_fp", lambda body: (dtype, True)):  # what the choice asks
         return _ORIGINAL_SELECT(self, fn_list, var_sizes_list)
-    finally:
-        cpp.get_loop_body_lowp_fp = _ORIGINAL_LOWP
 
 
 def _no_cached_conversion(self: Any, *args: Any) -> None:
@@ -72,14 +70,9 @@ def _no_cached_conversion(self: Any, *args: Any) -> None:
 @contextlib.contextmanager
 def low_precision_kernels() -> Iterator[None]:
     """Inductor's CPU loops keep the bf16 width and read stored bf16 values back rounded."""
-    if _CAN_WIDEN:
-        cpp.TilingSelect.select_tiling = _select_tiling
-    if _CAN_ROUND:
-        cpp.CppKernel.cache_dtype_convert = _no_cached_conversion
-    try:
+    tiling, kernel = getattr(cpp, "TilingSelect", None), getattr(cpp, "CppKernel", None)
+    with (
+        replaced(tiling, "select_tiling", _select_tiling, enabled=_CAN_WIDEN),
+        replaced(kernel, "cache_dtype_convert", _no_cached_conversion, enabled=_CAN_ROUND),
+    ):
         yield
-    finally:
-        if _CAN_WIDEN:
-            cpp.TilingSelect.select_tiling = _ORIGINAL_SELECT
-        if _CAN_ROUND:
-            cpp.CppKernel.cache_dtype_convert = _ORIGINAL_CACHE

@@ -53,6 +53,7 @@ from fastoptim.runners import (
     register_cascade,
     round_trips,
 )
+from fastoptim.runners.attribute_patch import replaced
 from fastoptim.runners.early_write_back import write_back_early
 from fastoptim.runners.loop_barriers import barriers_where_needed
 from fastoptim.runners.low_precision_codegen import low_precision_kernels
@@ -198,17 +199,9 @@ def _can_fuse_vertical(self: Any, node1: Any, node2: Any) -> bool:
     return False
 
 
-@contextlib.contextmanager
-def reduction_update_fusion() -> Iterator[None]:
+def reduction_update_fusion() -> contextlib.AbstractContextManager[None]:
     """Lets inductor's CPU scheduler fuse a reduction with the update that follows it."""
-    if _ORIGINAL is None:
-        yield
-        return
-    CppScheduling.can_fuse_vertical = _can_fuse_vertical
-    try:
-        yield
-    finally:
-        CppScheduling.can_fuse_vertical = _ORIGINAL
+    return replaced(CppScheduling, "can_fuse_vertical", _can_fuse_vertical, enabled=_ORIGINAL is not None)
 
 
 @contextlib.contextmanager

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
 from typing import Any
+
+from fastoptim.runners.attribute_patch import replaced
 
 try:
     from torch._inductor.codegen import cpp
@@ -142,13 +143,7 @@ def _codegen_group(self: Any, *args: Any, **kwargs: Any) -> str:
     return with_register_sums(_ORIGINAL(self, *args, **kwargs))
 
 
-@contextlib.contextmanager
-def sums_in_registers() -> Iterator[None]:
+def sums_in_registers() -> contextlib.AbstractContextManager[None]:
     """Inductor's CPU kernels keep their float32 cascade sums' running sum in a register."""
-    if _CAN_PATCH:
-        cpp.KernelGroup.codegen_group = _codegen_group
-    try:
-        yield
-    finally:
-        if _CAN_PATCH:
-            cpp.KernelGroup.codegen_group = _ORIGINAL
+    kernel_group = getattr(cpp, "KernelGroup", None)
+    return replaced(kernel_group, "codegen_group", _codegen_group, enabled=_CAN_PATCH)

@@ -1,0 +1,28 @@
+"""Replacing an attribute of torch's internals for the length of a ``with`` block."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def replaced(owner: Any, name: str, value: Any, enabled: bool = True) -> Iterator[None]:
+    """``owner.name`` is ``value`` inside the block and what it was before after it.
+
+    Args:
+        owner: The class or module holding the attribute.
+        name: The attribute's name.
+        value: Its value inside the block.
+        enabled: When False, nothing is replaced (a torch that lacks the attribute).
+    """
+    if not enabled:
+        yield
+        return
+    original = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
