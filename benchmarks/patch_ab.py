@@ -14,7 +14,7 @@ Usage::
     python benchmarks/patch_ab.py --patch loop_barriers --algorithms lion --tensors 1000
 
 Patches: ``register_cascade`` (float32 cascade sums in registers), ``loop_barriers`` (``nowait``
-loops and explicit barriers).
+loops and explicit barriers), ``shared_region`` (a kernel's parallel reductions in one region).
 """
 
 from __future__ import annotations
@@ -28,10 +28,14 @@ import torch
 
 import fastoptim
 from fastoptim.bench.speed import make_params
-from fastoptim.runners import compiled_direct, loop_barriers, register_cascade
+from fastoptim.runners import compiled_direct, loop_barriers, register_cascade, shared_region
 
 #: Module whose ``_CAN_PATCH`` switches each patch.
-PATCHES = {"register_cascade": register_cascade, "loop_barriers": loop_barriers}
+PATCHES = {
+    "register_cascade": register_cascade,
+    "loop_barriers": loop_barriers,
+    "shared_region": shared_region,
+}
 
 #: Benchmark name -> (class name, keyword arguments).
 ALGORITHMS = {

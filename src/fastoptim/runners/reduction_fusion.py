@@ -33,8 +33,8 @@ changed and the phase simply stays two loops (and where it cannot split and rest
 loop is split). Inductor's on-disk cache does not see the patch, so the runner also passes
 :data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
 :mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those (and
-of :mod:`~fastoptim.runners.low_precision_codegen`'s, :mod:`~fastoptim.runners.loop_barriers`'s and
-:mod:`~fastoptim.runners.register_cascade`'s):
+of :mod:`~fastoptim.runners.low_precision_codegen`'s, :mod:`~fastoptim.runners.loop_barriers`'s,
+:mod:`~fastoptim.runners.register_cascade`'s and :mod:`~fastoptim.runners.shared_region`'s):
 graphs compiled with and without these changes never share a cache entry.
 """
 
@@ -52,6 +52,7 @@ from fastoptim.runners import (
     low_precision_codegen,
     register_cascade,
     round_trips,
+    shared_region,
 )
 from fastoptim.runners.attribute_patch import replaced
 from fastoptim.runners.early_write_back import write_back_early
@@ -59,6 +60,7 @@ from fastoptim.runners.loop_barriers import barriers_where_needed
 from fastoptim.runners.low_precision_codegen import low_precision_kernels
 from fastoptim.runners.register_cascade import sums_in_registers
 from fastoptim.runners.round_trips import drop_round_trips
+from fastoptim.runners.shared_region import reductions_in_one_region
 
 try:
     from torch._inductor.codegen.cpp import CppScheduling
@@ -83,7 +85,8 @@ class _FusionCacheKey(CustomGraphPass):
     See :func:`~fastoptim.runners.round_trips.drop_round_trips` and
     :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's cache
     on this module, those, :mod:`~fastoptim.runners.low_precision_codegen`,
-    :mod:`~fastoptim.runners.loop_barriers` and :mod:`~fastoptim.runners.register_cascade`
+    :mod:`~fastoptim.runners.loop_barriers`, :mod:`~fastoptim.runners.register_cascade` and
+    :mod:`~fastoptim.runners.shared_region`
     (patches of the CPU backend the cache does not see either).
     """
 
@@ -92,7 +95,14 @@ class _FusionCacheKey(CustomGraphPass):
         write_back_early(graph)
 
     def uuid(self) -> bytes:
-        modules = (early_write_back, round_trips, low_precision_codegen, loop_barriers, register_cascade)
+        modules = (
+            early_write_back,
+            round_trips,
+            low_precision_codegen,
+            loop_barriers,
+            register_cascade,
+            shared_region,
+        )
         return get_hash_for_files((__file__, *(module.__file__ for module in modules)))
 
 
@@ -209,8 +219,15 @@ def inductor_patches() -> Iterator[None]:
     """Every patch of inductor the runner's graphs compile under (:data:`CACHE_KEY` keys them).
 
     :func:`reduction_update_fusion`, :func:`~fastoptim.runners.low_precision_codegen.low_precision_kernels`,
-    :func:`~fastoptim.runners.loop_barriers.barriers_where_needed` and
-    :func:`~fastoptim.runners.register_cascade.sums_in_registers`.
+    :func:`~fastoptim.runners.loop_barriers.barriers_where_needed`,
+    :func:`~fastoptim.runners.register_cascade.sums_in_registers` and
+    :func:`~fastoptim.runners.shared_region.reductions_in_one_region` (which wraps the one before).
     """
-    with reduction_update_fusion(), low_precision_kernels(), barriers_where_needed(), sums_in_registers():
+    with (
+        reduction_update_fusion(),
+        low_precision_kernels(),
+        barriers_where_needed(),
+        sums_in_registers(),
+        reductions_in_one_region(),
+    ):
         yield
