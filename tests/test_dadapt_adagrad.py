@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import fastoptim
+from tests.problems import backward_random_batch, tiny_mlp
 
 GROUP_KEYS = ("d", "k", "gsq_weighted", "sksq_weighted", "skl1")
 
@@ -111,3 +112,32 @@ def test_other_optimizers_still_reject_sparse_gradients() -> None:
     with pytest.raises(RuntimeError, match="DAdaptAdam does not support sparse gradients"):
         optimizer.step()
     assert not optimizer.state
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach", "compiled"])
+def test_old_sums_are_summed_again_after_the_states_are_touched(backend: str) -> None:
+    """A one-pass step takes its old sums of ``s`` from the last step's new ones; halving ``s`` in
+    place between steps must make the next step sum them again, as the official code always does
+    (its Q and L running totals, and so d, would differ otherwise)."""
+    models, optimizers = [], []
+    for build in (
+        lambda params: dadaptation.DAdaptAdaGrad(params, d0=1e-3),
+        lambda params: fastoptim.DAdaptAdaGrad(params, d0=1e-3, backend=backend),
+    ):
+        model = tiny_mlp()
+        optimizer = build(model.parameters())
+        for seed in range(3):
+            backward_random_batch(model, seed)
+            optimizer.step()
+        optimizer.state[model[0].weight]["sk"].mul_(0.5)
+        for seed in range(3, 6):
+            backward_random_batch(model, seed)
+            optimizer.step()
+        models.append(model)
+        optimizers.append(optimizer)
+    for key in GROUP_KEYS:
+        assert optimizers[1].param_groups[0][key] == pytest.approx(
+            optimizers[0].param_groups[0][key], rel=1e-5
+        ), key
+    for official, ours in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(ours, official, rtol=1e-5, atol=1e-7)

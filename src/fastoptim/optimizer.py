@@ -194,6 +194,15 @@ class Optimizer(torch.optim.Optimizer):
     def update_skipped(self, params: list[Tensor]) -> None:
         """Reducing algorithms: called when ``finalize`` skipped the update of ``params``."""
 
+    def begin_reduction(self, buckets: list[Bucket], one_pass: bool) -> None:
+        """Reducing algorithms: called before each step's reduction runs over ``buckets``.
+
+        Args:
+            buckets: Every bucket the reduction runs over (their ``scalars`` may be changed).
+            one_pass: Whether the update rides along (:attr:`ONE_PASS`): the states are as the
+                last step, whose reduction was informative, left them.
+        """
+
     def begin_group(self, group: dict[str, Any]) -> None:
         """Called once per group at every ``step()``, even when no parameter has a gradient."""
 
@@ -326,6 +335,7 @@ class Optimizer(torch.optim.Optimizer):
         first, and those after a change) on the loop runner, so that it compiles one graph.
         """
         one_pass = self.ONE_PASS and self._informative_reduction == self._reduction_inputs(plans)
+        self.begin_reduction([bucket for _, buckets in plans for bucket in buckets], one_pass)
         apply = apply_one_pass if one_pass else apply_accumulate
         backend = self.backend
         if self.ONE_PASS and not one_pass and backend == "compiled":
@@ -495,6 +505,7 @@ class Optimizer(torch.optim.Optimizer):
         """
         super().load_state_dict(state_dict)
         forget_kept_inputs(self)
+        self._informative_reduction = None  # the next reduction starts afresh (ONE_PASS)
 
     def __getstate__(self) -> dict[str, Any]:
         kept = ("backend", "gradient_release", "optimizer_accumulation", *self.PICKLED_ATTRIBUTES)

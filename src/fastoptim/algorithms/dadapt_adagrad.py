@@ -11,6 +11,7 @@ from torch import Tensor
 
 from fastoptim.algorithms.distance import check_distance_group, first_group_dlr, logger, primal_average_step
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.runners import Bucket
 from fastoptim.validation import check_positive, check_unit_interval
 
 #: The official initial value of the squared-gradient sum, whatever ``eps`` is.
@@ -65,6 +66,15 @@ class DAdaptAdaGrad(Optimizer):
     ``momentum``, ``growth_rate`` and ``log_every`` come from the first group, ``eps`` and
     ``weight_decay`` are per group, and an all-zero gradient leaves ``d`` unchanged.
 
+    The official code sums :math:`s^2 / D` and :math:`|s|` before and after each step's change
+    and adds the difference to :math:`Q` and :math:`L`. Before the change they are the sums the
+    last step ended with, unless something has touched the states since, so a step whose states
+    are as the last informative step left them (a one-pass step, see
+    :attr:`fastoptim.Optimizer.ONE_PASS`) takes them from there instead of recomputing them: one
+    square root, one division and two sums per element fewer (about 10% of a compiled step of a
+    20M-parameter model on the development CPU). Steps with sparse gradients, and the first
+    step after any change, sum both as officially.
+
     Low precision: the states keep the parameter dtype, as officially, and dominate the error
     in bf16; the position is recomputed from ``x0`` and ``s`` at every step, so Kahan summation
     of the parameter write does not make it more accurate.
@@ -86,6 +96,12 @@ class DAdaptAdaGrad(Optimizer):
     ONE_PASS = True
     STATE_KEYS = ("alphak", "sk", "x0")
     SPARSE_STATE_KEYS = ("weighted_sk",)
+    #: The weighted and l1 sums of ``s`` the last step ended with (float64), where it kept them.
+    _new_sums: tuple[float, float] | None = None
+    #: Whether this step's reduction takes its old sums from :attr:`_new_sums`.
+    _old_sums_known = False
+    #: Whether this step has sparse gradients.
+    _sparse_step = False
 
     def __init__(
         self,
@@ -131,15 +147,19 @@ class DAdaptAdaGrad(Optimizer):
         if not isinstance(grad, list) and grad.is_sparse:
             return self._accumulate_sparse(grad, state, s)
         alpha, sums, x0 = state
-        old_weighted = ops.div_sum(ops.square(sums), ops.add_(ops.sqrt(alpha), s.eps))
-        old_l1 = ops.abs_sum(sums)
+        if not s.old_sums_known:
+            old_weighted = ops.div_sum(ops.square(sums), ops.add_(ops.sqrt(alpha), s.eps))
+            old_l1 = ops.abs_sum(sums)
         alpha = ops.add_(alpha, ops.square(grad))
         denom = ops.add_(ops.sqrt(alpha), s.eps)
         grad_sq = ops.div_sum(ops.square(grad), denom)
         sums = ops.add_(sums, grad, alpha=s.dlr)
         weighted = ops.div_sum(ops.square(sums), denom)
-        partials = (_difference(weighted, old_weighted), _difference(ops.abs_sum(sums), old_l1), grad_sq)
-        return partials, (alpha, sums, x0), None
+        l1 = ops.abs_sum(sums)
+        if s.old_sums_known:
+            return (weighted, l1, grad_sq), (alpha, sums, x0), None
+        changes = (_difference(weighted, old_weighted), _difference(l1, old_l1))
+        return (*changes, grad_sq, weighted, l1), (alpha, sums, x0), None
 
     @staticmethod
     def _accumulate_sparse(
@@ -164,11 +184,33 @@ class DAdaptAdaGrad(Optimizer):
             _difference(weighted.sum(), old_weighted.sum()),
             _difference(sums_values.abs().sum(), old_l1),
             grad_sq,
+            # its new sums: unused, as a step with sparse gradients does not keep them (begin_reduction)
+            *torch.zeros(2, dtype=torch.float64, device=values.device).unbind(),
         )
         return partials, (alpha, sums, x0, weighted_sk), None
 
+    def begin_reduction(self, buckets: list[Bucket], one_pass: bool) -> None:
+        self._sparse_step = any(bucket.sparse for bucket in buckets)
+        self._old_sums_known = one_pass and not self._sparse_step and self._new_sums is not None
+        for bucket in buckets:
+            bucket.scalars.old_sums_known = self._old_sums_known
+
+    def _changes(self, sums: list[float] | None) -> tuple[float, float, float]:
+        """This step's changes of the weighted and l1 sums of ``s``, and its weighted sum of g²."""
+        if sums is None:
+            self._new_sums = None
+            return 0.0, 0.0, 0.0
+        if self._old_sums_known:
+            weighted, l1, grad_sq = sums
+            last_weighted, last_l1 = self._new_sums
+            self._new_sums = (weighted, l1)
+            return weighted - last_weighted, l1 - last_l1, grad_sq
+        weighted_change, l1_change, grad_sq, weighted, l1 = sums
+        self._new_sums = None if self._sparse_step else (weighted, l1)
+        return weighted_change, l1_change, grad_sq
+
     def finalize(self, sums: list[float] | None) -> dict[str, Any] | None:
-        weighted_change, l1_change, grad_sq = sums if sums is not None else (0.0, 0.0, 0.0)
+        weighted_change, l1_change, grad_sq = self._changes(sums)
         first = self.param_groups[0]
         weighted = first["sksq_weighted"] + weighted_change
         l1 = first["skl1"] + l1_change
