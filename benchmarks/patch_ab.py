@@ -14,7 +14,8 @@ Usage::
     python benchmarks/patch_ab.py --patch loop_barriers --algorithms lion --tensors 1000
 
 Patches: ``register_cascade`` (float32 cascade sums in registers), ``loop_barriers`` (``nowait``
-loops and explicit barriers), ``shared_region`` (a kernel's parallel reductions in one region).
+loops and explicit barriers), ``shared_region`` (a kernel's parallel reductions in one region),
+``loop_invariants`` (scalar work the same in every iteration done once before the loop).
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import torch
 
 import fastoptim
 from fastoptim.bench.speed import make_params
-from fastoptim.runners import compiled_direct, loop_barriers, register_cascade, shared_region
+from fastoptim.runners import compiled_direct, loop_barriers, loop_invariants, register_cascade, shared_region
 
 #: Module whose ``_CAN_PATCH`` switches each patch.
 PATCHES = {
     "register_cascade": register_cascade,
     "loop_barriers": loop_barriers,
     "shared_region": shared_region,
+    "loop_invariants": loop_invariants,
 }
 
 #: Benchmark name -> (class name, keyword arguments).

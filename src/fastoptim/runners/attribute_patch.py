@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -26,3 +26,15 @@ def replaced(owner: Any, name: str, value: Any, enabled: bool = True) -> Iterato
         yield
     finally:
         setattr(owner, name, original)
+
+
+def wrapped(
+    owner: Any, name: str, wrap: Callable[[Any], Any], enabled: bool = True
+) -> contextlib.AbstractContextManager[None]:
+    """``owner.name`` is ``wrap(owner.name)`` inside the block.
+
+    The replacement is built on what the attribute is when this is called, so that patches of
+    one attribute nest when each is called inside the blocks of the ones before.
+    """
+    value = wrap(getattr(owner, name)) if enabled else None
+    return replaced(owner, name, value, enabled)

@@ -34,7 +34,8 @@ loop is split). Inductor's on-disk cache does not see the patch, so the runner a
 :data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
 :mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those (and
 of :mod:`~fastoptim.runners.low_precision_codegen`'s, :mod:`~fastoptim.runners.loop_barriers`'s,
-:mod:`~fastoptim.runners.register_cascade`'s and :mod:`~fastoptim.runners.shared_region`'s):
+:mod:`~fastoptim.runners.register_cascade`'s, :mod:`~fastoptim.runners.shared_region`'s and
+:mod:`~fastoptim.runners.loop_invariants`'s):
 graphs compiled with and without these changes never share a cache entry.
 """
 
@@ -49,6 +50,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from fastoptim.runners import (
     early_write_back,
     loop_barriers,
+    loop_invariants,
     low_precision_codegen,
     register_cascade,
     round_trips,
@@ -57,6 +59,7 @@ from fastoptim.runners import (
 from fastoptim.runners.attribute_patch import replaced
 from fastoptim.runners.early_write_back import write_back_early
 from fastoptim.runners.loop_barriers import barriers_where_needed
+from fastoptim.runners.loop_invariants import invariants_hoisted
 from fastoptim.runners.low_precision_codegen import low_precision_kernels
 from fastoptim.runners.register_cascade import sums_in_registers
 from fastoptim.runners.round_trips import drop_round_trips
@@ -85,8 +88,8 @@ class _FusionCacheKey(CustomGraphPass):
     See :func:`~fastoptim.runners.round_trips.drop_round_trips` and
     :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's cache
     on this module, those, :mod:`~fastoptim.runners.low_precision_codegen`,
-    :mod:`~fastoptim.runners.loop_barriers`, :mod:`~fastoptim.runners.register_cascade` and
-    :mod:`~fastoptim.runners.shared_region`
+    :mod:`~fastoptim.runners.loop_barriers`, :mod:`~fastoptim.runners.register_cascade`,
+    :mod:`~fastoptim.runners.shared_region` and :mod:`~fastoptim.runners.loop_invariants`
     (patches of the CPU backend the cache does not see either).
     """
 
@@ -102,6 +105,7 @@ class _FusionCacheKey(CustomGraphPass):
             loop_barriers,
             register_cascade,
             shared_region,
+            loop_invariants,
         )
         return get_hash_for_files((__file__, *(module.__file__ for module in modules)))
 
@@ -220,8 +224,10 @@ def inductor_patches() -> Iterator[None]:
 
     :func:`reduction_update_fusion`, :func:`~fastoptim.runners.low_precision_codegen.low_precision_kernels`,
     :func:`~fastoptim.runners.loop_barriers.barriers_where_needed`,
-    :func:`~fastoptim.runners.register_cascade.sums_in_registers` and
-    :func:`~fastoptim.runners.shared_region.reductions_in_one_region` (which wraps the one before).
+    :func:`~fastoptim.runners.register_cascade.sums_in_registers`,
+    :func:`~fastoptim.runners.shared_region.reductions_in_one_region` and
+    :func:`~fastoptim.runners.loop_invariants.invariants_hoisted` (each of the last two wraps the
+    one before).
     """
     with (
         reduction_update_fusion(),
@@ -229,5 +235,6 @@ def inductor_patches() -> Iterator[None]:
         barriers_where_needed(),
         sums_in_registers(),
         reductions_in_one_region(),
+        invariants_hoisted(),
     ):
         yield

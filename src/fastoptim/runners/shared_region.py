@@ -30,8 +30,9 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from fastoptim.runners.attribute_patch import replaced
+from fastoptim.runners.attribute_patch import wrapped
 
 try:
     from torch._inductor.codegen import cpp
@@ -177,20 +178,18 @@ def with_shared_regions(code: str) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def reductions_in_one_region() -> Iterator[None]:
+def _rewriting(codegen_group: Any) -> Any:
+    def rewritten(self: Any, *args: Any, **kwargs: Any) -> str:
+        return with_shared_regions(codegen_group(self, *args, **kwargs))
+
+    return rewritten
+
+
+def reductions_in_one_region() -> contextlib.AbstractContextManager[None]:
     """Inductor's CPU kernels run each run of independent parallel reductions in one region.
 
     Wraps whatever ``KernelGroup.codegen_group`` is when the block is entered, so that it
     composes with :func:`~fastoptim.runners.register_cascade.sums_in_registers`.
     """
-    if not _CAN_PATCH:
-        yield
-        return
-    inner = cpp.KernelGroup.codegen_group
-
-    def codegen_group(self: object, *args: object, **kwargs: object) -> str:
-        return with_shared_regions(inner(self, *args, **kwargs))
-
-    with replaced(cpp.KernelGroup, "codegen_group", codegen_group):
-        yield
+    kernel_group = getattr(cpp, "KernelGroup", None)
+    return wrapped(kernel_group, "codegen_group", _rewriting, enabled=_CAN_PATCH)
