@@ -114,11 +114,12 @@ def test_other_optimizers_still_reject_sparse_gradients() -> None:
     assert not optimizer.state
 
 
+@pytest.mark.parametrize("key", ["sk", "alphak"])
 @pytest.mark.parametrize("backend", ["loop", "foreach", "compiled"])
-def test_old_sums_are_summed_again_after_the_states_are_touched(backend: str) -> None:
-    """A one-pass step takes its old sums of ``s`` from the last step's new ones; halving ``s`` in
-    place between steps must make the next step sum them again, as the official code always does
-    (its Q and L running totals, and so d, would differ otherwise)."""
+def test_old_sums_are_summed_again_after_the_states_are_touched(backend: str, key: str) -> None:
+    """A one-pass step takes its old sums of ``s`` from the last step's new ones; halving ``s`` (or
+    doubling ``alpha``) in place between steps must make the next step sum them again, as the
+    official code always does (its Q and L running totals, and so d, would differ otherwise)."""
     models, optimizers = [], []
     for build in (
         lambda params: dadaptation.DAdaptAdaGrad(params, d0=1e-3),
@@ -129,7 +130,7 @@ def test_old_sums_are_summed_again_after_the_states_are_touched(backend: str) ->
         for seed in range(3):
             backward_random_batch(model, seed)
             optimizer.step()
-        optimizer.state[model[0].weight]["sk"].mul_(0.5)
+        optimizer.state[model[0].weight][key].mul_(0.5 if key == "sk" else 2.0)
         for seed in range(3, 6):
             backward_random_batch(model, seed)
             optimizer.step()

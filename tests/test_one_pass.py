@@ -170,3 +170,56 @@ def test_dadapt_adan_an_all_zero_first_step_does_not_count(backend: str) -> None
         [_zeros_for_layers(0, 2), _train(1), _train(2)],
     )
     _assert_equal(official, ours)
+
+
+def _zero_states(key: str):
+    def step(model, optimizer):
+        for p in model.parameters():
+            optimizer.state[p][key].zero_()
+
+    return step
+
+
+def _shift_origin(model, optimizer) -> None:
+    for p in model.parameters():
+        optimizer.state[p]["x0"].add_(0.01)
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "compiled"])
+def test_dadapt_adagrad_sees_its_watched_states_zeroed_and_its_origin_moved(backend: str) -> None:
+    """DAdaptAdaGrad watches only the states its skip and its kept sums depend on
+    (``REDUCTION_STATE_KEYS``): ``sk`` zeroed in place must make the next step sum again, and
+    ``x0`` moved in place (not watched) must move the one-pass update as it moves the official."""
+    official, ours = _run_both(
+        lambda m: dadaptation.DAdaptAdaGrad(m.parameters(), d0=1e-3),
+        lambda m: fastoptim.DAdaptAdaGrad(m.parameters(), d0=1e-3, backend=backend),
+        [
+            _train(0),
+            _train(1),
+            _shift_origin,
+            _train(2),
+            _zero_states("sk"),
+            _zeros_for_layers(0, 2),
+            _train(3),
+        ],
+    )
+    _assert_equal(official, ours)
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "compiled"])
+def test_dadapt_sgd_sees_s_zeroed_and_its_origin_moved(backend: str) -> None:
+    """DAdaptSGD watches ``s`` alone: ``x0`` moved in place moves the one-pass update as it moves
+    the official one, and ``s`` zeroed before an all-zero gradient makes the step skip (the
+    official code raises ZeroDivisionError there) instead of moving every parameter to ``x0``."""
+    official, ours = _run_both(
+        lambda m: dadaptation.DAdaptSGD(m.parameters(), d0=1e-3),
+        lambda m: fastoptim.DAdaptSGD(m.parameters(), d0=1e-3, backend=backend),
+        [_train(0), _train(1), _shift_origin, _train(2)],
+    )
+    _assert_equal(official, ours)
+    optimizer = fastoptim.DAdaptSGD(ours.parameters(), d0=1e-3, backend=backend)
+    for step in (_train(0), _train(1), _zero_states("s")):
+        step(ours, optimizer)
+    before = [p.detach().clone() for p in ours.parameters()]
+    _zeros_for_layers(0, 2)(ours, optimizer)
+    assert all(torch.equal(a, b) for a, b in zip(before, ours.parameters(), strict=True))

@@ -109,6 +109,11 @@ class Optimizer(torch.optim.Optimizer):
     #: reduction cannot find the "no information" that makes ``finalize`` skip the update (see
     #: ``Optimizer._reduce_and_update``).
     ONE_PASS: ClassVar[bool] = False
+    #: For :attr:`ONE_PASS` algorithms: the state buffers whose values decide whether the next
+    #: reduction can find "no information" (and whatever else a one-pass step takes from the last
+    #: step), so the only ones whose changes between steps are watched; None watches them all.
+    #: Reading a state's version counter costs about 1 µs once a step has flushed the caches.
+    REDUCTION_STATE_KEYS: ClassVar[tuple[str, ...] | None] = None
     #: True for reducing algorithms whose ``update`` also advances states (Prodigy's moments,
     #: moved out of the reduction's pass, which then reads fewer tensors): the update phase then
     #: runs, advancing the states without moving the parameters, also during optimizer
@@ -365,12 +370,19 @@ class Optimizer(torch.optim.Optimizer):
     def _reduction_inputs(self, plans: list[Plan]) -> tuple[Any, ...]:
         """What the reduction sums over: groups, how they count, their parameters' states.
 
-        The states are those of the parameters with gradients: which tensors, and their version
-        counters (in-place changes such as ``restart_opt`` bump them).
+        The states are those of the parameters with gradients (:attr:`REDUCTION_STATE_KEYS` of
+        them): which tensors, and their version counters (in-place changes such as
+        ``restart_opt`` bump them).
         """
         inputs = []
         for group, buckets in plans:
-            states = list(chain.from_iterable(column for bucket in buckets for column in bucket.states))
+            if self.REDUCTION_STATE_KEYS is None:
+                columns = [column for bucket in buckets for column in bucket.states]
+            else:
+                keys = self.state_keys(group)
+                watched = [keys.index(key) for key in self.REDUCTION_STATE_KEYS]
+                columns = [bucket.states[index] for bucket in buckets for index in watched]
+            states = list(chain.from_iterable(columns))
             versions = tuple(map(_VERSION, states))
             inputs.append((id(group), self.counts_in_reduction(group), tuple(map(id, states)), versions))
         return tuple(inputs)

@@ -96,6 +96,8 @@ class DAdaptAdaGrad(Optimizer):
     ONE_PASS = True
     STATE_KEYS = ("alphak", "sk", "x0")
     SPARSE_STATE_KEYS = ("weighted_sk",)
+    #: The skip (a zero l1 total) and the old sums a one-pass step reuses depend on these alone.
+    REDUCTION_STATE_KEYS = ("alphak", "sk")
     #: The weighted and l1 sums of ``s`` the last step ended with (float64), where it kept them.
     _new_sums: tuple[float, float] | None = None
     #: Whether this step's reduction takes its old sums from :attr:`_new_sums`.

@@ -66,6 +66,8 @@ class DAdaptSGD(Optimizer):
     REDUCES = True
     ONE_PASS = True
     STATE_KEYS = ("z", "s", "x0")
+    #: Whether a step can skip (a zero sum of s²) depends on s alone; x0 and z only move the update.
+    REDUCTION_STATE_KEYS = ("s",)
 
     def __init__(
         self,
