@@ -27,16 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any
 
-from fastoptim.runners.attribute_patch import wrapped
+from fastoptim.runners.kernel_source import CAN_REWRITE, rewritten_kernels
 
-try:
-    from torch._inductor.codegen import cpp
-except ImportError:  # pragma: no cover - a torch without the CPU backend
-    cpp = None
-
-_CAN_PATCH = cpp is not None and hasattr(getattr(cpp, "KernelGroup", None), "codegen_group")
+_CAN_PATCH = CAN_REWRITE
 _STATEMENT = re.compile(r"^\s*auto (tmp\d+) = (.*);$")
 _LOOP = re.compile(r"^\s*for\(int64_t (x\d+)=")
 _BRANCH = re.compile(r"^\s*if\(C10_(?:UN)?LIKELY\(")
@@ -145,18 +139,10 @@ def with_invariants_hoisted(code: str) -> str:
     return "\n".join(lines)
 
 
-def _rewriting(codegen_group: Any) -> Any:
-    def rewritten(self: Any, *args: Any, **kwargs: Any) -> str:
-        return with_invariants_hoisted(codegen_group(self, *args, **kwargs))
-
-    return rewritten
-
-
 def invariants_hoisted() -> contextlib.AbstractContextManager[None]:
     """Inductor's CPU kernels compute each innermost loop's invariant scalars once, before it.
 
     Wraps whatever ``KernelGroup.codegen_group`` is when called, so that it composes with the
     other rewrites of the kernels' source.
     """
-    kernel_group = getattr(cpp, "KernelGroup", None)
-    return wrapped(kernel_group, "codegen_group", _rewriting, enabled=_CAN_PATCH)
+    return rewritten_kernels(with_invariants_hoisted, enabled=_CAN_PATCH)

@@ -49,6 +49,7 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 
 from fastoptim.runners import (
     early_write_back,
+    kernel_source,
     loop_barriers,
     loop_invariants,
     low_precision_codegen,
@@ -106,6 +107,7 @@ class _FusionCacheKey(CustomGraphPass):
             register_cascade,
             shared_region,
             loop_invariants,
+            kernel_source,
         )
         return get_hash_for_files((__file__, *(module.__file__ for module in modules)))
 

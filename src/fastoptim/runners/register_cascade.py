@@ -32,17 +32,10 @@ from __future__ import annotations
 
 import contextlib
 import re
-from typing import Any
 
-from fastoptim.runners.attribute_patch import replaced
+from fastoptim.runners.kernel_source import CAN_REWRITE, rewritten_kernels
 
-try:
-    from torch._inductor.codegen import cpp
-except ImportError:  # pragma: no cover - a torch without the CPU backend
-    cpp = None
-
-_CAN_PATCH = cpp is not None and hasattr(getattr(cpp, "KernelGroup", None), "codegen_group")
-_ORIGINAL = cpp.KernelGroup.codegen_group if _CAN_PATCH else None
+_CAN_PATCH = CAN_REWRITE
 _INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"
 
 #: What the rewritten kernels call: torch's combine and final with the running sum passed in and
@@ -139,11 +132,6 @@ def with_register_sums(code: str) -> str:
     return "\n".join(lines).replace(_INCLUDE, _INCLUDE + "\n" + HELPER_SOURCE, 1)
 
 
-def _codegen_group(self: Any, *args: Any, **kwargs: Any) -> str:
-    return with_register_sums(_ORIGINAL(self, *args, **kwargs))
-
-
 def sums_in_registers() -> contextlib.AbstractContextManager[None]:
     """Inductor's CPU kernels keep their float32 cascade sums' running sum in a register."""
-    kernel_group = getattr(cpp, "KernelGroup", None)
-    return replaced(kernel_group, "codegen_group", _codegen_group, enabled=_CAN_PATCH)
+    return rewritten_kernels(with_register_sums, enabled=_CAN_PATCH)

@@ -30,16 +30,10 @@ import contextlib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
-from fastoptim.runners.attribute_patch import wrapped
+from fastoptim.runners.kernel_source import CAN_REWRITE, rewritten_kernels
 
-try:
-    from torch._inductor.codegen import cpp
-except ImportError:  # pragma: no cover - a torch without the CPU backend
-    cpp = None
-
-_CAN_PATCH = cpp is not None and hasattr(getattr(cpp, "KernelGroup", None), "codegen_group")
+_CAN_PATCH = CAN_REWRITE
 _INDENT = " " * 4
 #: A declaration in a reduction's prologue: ``float acc = 0;``, ``Vectorized<float> arr[n];``.
 _DECLARATION = re.compile(
@@ -178,18 +172,10 @@ def with_shared_regions(code: str) -> str:
     return "\n".join(lines)
 
 
-def _rewriting(codegen_group: Any) -> Any:
-    def rewritten(self: Any, *args: Any, **kwargs: Any) -> str:
-        return with_shared_regions(codegen_group(self, *args, **kwargs))
-
-    return rewritten
-
-
 def reductions_in_one_region() -> contextlib.AbstractContextManager[None]:
     """Inductor's CPU kernels run each run of independent parallel reductions in one region.
 
     Wraps whatever ``KernelGroup.codegen_group`` is when the block is entered, so that it
     composes with :func:`~fastoptim.runners.register_cascade.sums_in_registers`.
     """
-    kernel_group = getattr(cpp, "KernelGroup", None)
-    return wrapped(kernel_group, "codegen_group", _rewriting, enabled=_CAN_PATCH)
+    return rewritten_kernels(with_shared_regions, enabled=_CAN_PATCH)

@@ -1,0 +1,42 @@
+"""Rewrites of the C++ source of inductor's CPU kernels, for the length of a ``with`` block.
+
+Each rewrite wraps ``KernelGroup.codegen_group`` (which returns a kernel's source) as it is when
+the rewrite is entered, so that rewrites entered one inside the other all apply, the innermost
+last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from fastoptim.runners.attribute_patch import wrapped
+
+try:
+    from torch._inductor.codegen import cpp
+except ImportError:  # pragma: no cover - a torch without the CPU backend
+    cpp = None
+
+#: Whether this torch has the hook (``KernelGroup.codegen_group``).
+CAN_REWRITE = cpp is not None and hasattr(getattr(cpp, "KernelGroup", None), "codegen_group")
+
+
+def rewritten_kernels(
+    rewrite: Callable[[str], str], enabled: bool = True
+) -> contextlib.AbstractContextManager[None]:
+    """Inside the block, every CPU kernel inductor generates is ``rewrite(source)``.
+
+    Args:
+        rewrite: From a kernel's source to the source compiled instead.
+        enabled: When False (or where this torch lacks the hook), nothing is rewritten.
+    """
+
+    def wrap(codegen_group: Any) -> Any:
+        def rewritten(self: Any, *args: Any, **kwargs: Any) -> str:
+            return rewrite(codegen_group(self, *args, **kwargs))
+
+        return rewritten
+
+    kernel_group = getattr(cpp, "KernelGroup", None)
+    return wrapped(kernel_group, "codegen_group", wrap, enabled=enabled and CAN_REWRITE)
