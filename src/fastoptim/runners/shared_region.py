@@ -175,7 +175,8 @@ def with_shared_regions(code: str) -> str:
 def reductions_in_one_region() -> contextlib.AbstractContextManager[None]:
     """Inductor's CPU kernels run each run of independent parallel reductions in one region.
 
-    Wraps whatever ``KernelGroup.codegen_group`` is when the block is entered, so that it
-    composes with :func:`~fastoptim.runners.register_cascade.sums_in_registers`.
+    Wraps whatever ``KernelGroup.codegen_group`` is when this is called
+    (:func:`~fastoptim.runners.kernel_source.rewritten_kernels`), so that it composes with
+    :func:`~fastoptim.runners.register_cascade.sums_in_registers`.
     """
     return rewritten_kernels(with_shared_regions, enabled=_CAN_PATCH)
