@@ -106,3 +106,22 @@ def test_statements_go_before_the_worksharing_directive_but_not_between_other_di
     assert rewritten.index("auto tmp0") < rewritten.index("#pragma omp for nowait") < rewritten.index("for(")
     simd = _loop(statement, "out_ptr0[x1] = tmp0;", pragma="    #pragma omp simd simdlen(8)")
     assert with_invariants_hoisted(simd) == simd
+
+
+def test_the_inner_loop_of_a_collapsed_nest_stays_perfectly_nested() -> None:
+    code = "\n".join(
+        [
+            "    #pragma omp for collapse(2)",
+            "    for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(ks0); x0+=1)",
+            "    {",
+            "        for(int64_t x1=static_cast<int64_t>(0L); x1<static_cast<int64_t>(ks1); x1+=1)",
+            "        {",
+            "            auto tmp0 = std::sqrt(in_ptr0[static_cast<int64_t>(0L)]);",
+            "            out_ptr0[x1 + ks1*x0] = tmp0;",
+            "        }",
+            "    }",
+        ]
+    )
+    assert with_invariants_hoisted(code) == code
+    nested = code.replace(" collapse(2)", "")
+    assert with_invariants_hoisted(nested) != nested  # not collapsed: the square root moves out

@@ -12,9 +12,11 @@ statements ``auto tmpN = <expression>;`` that every branch of its body (the vect
 the masked tail) makes alike, and whose expression reads neither the loop's variable, nor a
 value the loop assigns, nor memory the loop writes, nor a vector load, go before the loop, in a
 block of their own with it (and before its ``#pragma omp for`` where it has one, so that each
-thread computes them once). The same operations on the same values: the results are the same
-bits (``tests/test_loop_invariants.py``; inductor compiles with ``-ffp-contract=off``). Integer
-divisions and remainders stay in the loop, which may run no iteration where a size is zero.
+thread computes them once). Loops after another directive (``simd``, ``ivdep``) and the inner
+loops of a ``collapse(n)`` nest are left as they are. The same operations on the same values:
+the results are the same bits (``tests/test_loop_invariants.py``; inductor compiles with
+``-ffp-contract=off``). Integer divisions and remainders stay in the loop, which may run no
+iteration where a size is zero.
 
 Measured with ``benchmarks/patch_ab.py --patch loop_invariants`` (20M parameters in 100
 tensors, the same tensors with and without; ``benchmarks/RESULTS.md``): SGDP 0.82 and AdamP 0.76
@@ -97,6 +99,17 @@ def _invariants(variable: str, body: list[str]) -> list[tuple[str, str]]:
     return hoisted
 
 
+def _in_collapsed_nest(lines: list[str], index: int) -> bool:
+    """Whether the loop at ``lines[index]`` is an inner loop of a ``collapse(n)`` nest.
+
+    (Collapsed loops must stay perfectly nested.)
+    """
+    before = index - 1
+    while before >= 0 and (lines[before].strip() == "{" or _LOOP.match(lines[before])):
+        before -= 1
+    return before >= 0 and before < index - 1 and "collapse(" in lines[before]
+
+
 def with_invariants_hoisted(code: str) -> str:
     """A kernel's source with each innermost loop's invariant statements before the loop."""
     lines = code.split("\n")
@@ -116,7 +129,8 @@ def with_invariants_hoisted(code: str) -> str:
             continue
         hoisted = _invariants(match.group(1), body)
         start = index - 1 if lines[index - 1].lstrip().startswith("#pragma omp") else index
-        if not hoisted or " simd" in lines[start] or lines[start - 1].lstrip().startswith("#pragma"):
+        blocked = " simd" in lines[start] or lines[start - 1].lstrip().startswith("#pragma")
+        if not hoisted or blocked or _in_collapsed_nest(lines, index):
             index = end + 1
             continue
         names = {name for name, _ in hoisted}
