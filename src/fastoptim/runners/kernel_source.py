@@ -1,8 +1,8 @@
 """Rewrites of the C++ source of inductor's CPU kernels, for the length of a ``with`` block.
 
 Each rewrite wraps ``KernelGroup.codegen_group`` (which returns a kernel's source) as it is when
-the rewrite is entered, so that rewrites entered one inside the other all apply, the innermost
-last.
+:func:`rewritten_kernels` is called, so that rewrites called one inside the other's block all
+apply, the innermost last.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ try:
 except ImportError:  # pragma: no cover - a torch without the CPU backend
     cpp = None
 
+#: The name of a kernel's pointer argument (inputs ``const in_ptrN``, outputs ``out_ptrN``,
+#: buffers updated in place ``in_out_ptrN``), as a regular expression.
+POINTER = r"(?:in_out_ptr|in_ptr|out_ptr)\d+"
 #: Whether this torch has the hook (``KernelGroup.codegen_group``).
 CAN_REWRITE = cpp is not None and hasattr(getattr(cpp, "KernelGroup", None), "codegen_group")
 

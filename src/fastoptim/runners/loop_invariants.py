@@ -30,20 +30,19 @@ from __future__ import annotations
 import contextlib
 import re
 
-from fastoptim.runners.kernel_source import CAN_REWRITE, rewritten_kernels
+from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, rewritten_kernels
 
 _CAN_PATCH = CAN_REWRITE
 _STATEMENT = re.compile(r"^\s*auto (tmp\d+) = (.*);$")
 _LOOP = re.compile(r"^\s*for\(int64_t (x\d+)=")
 _BRANCH = re.compile(r"^\s*if\(C10_(?:UN)?LIKELY\(")
 _NAME = re.compile(r"\b[A-Za-z_]\w*\b")
-_POINTER = r"(?:in_out_ptr|in_ptr|out_ptr)\d+"
 #: Names a loop body assigns: ``auto x =``, ``float x =``, ``x =``, ``x[...] =``, ``x.store(``.
 _ASSIGNED = re.compile(r"^\s*(?:[\w:<>, ]+\s)?(\w+)(?:\[[^\]]*\])?\s*(?:[-+*/]?=(?!=)|\.store\()")
 #: Work that must stay where it was: vector loads, integer division and remainder.
 _KEPT = re.compile(r"loadu|load\(|div_floor|mod\(|%")
 #: A load of one element of a buffer (through an index that may be a size or loop variable).
-_SCALAR_LOAD = re.compile(rf"^{_POINTER}\[[^\]]*\]$")
+_SCALAR_LOAD = re.compile(rf"^{POINTER}\[[^\]]*\]$")
 #: A conversion to a floating-point value (of a size, say), which no longer divides as integers.
 _FLOAT_CONVERSION = re.compile(r"^(?:c10::convert|static_cast)<(?:float|double)>\(")
 
@@ -56,8 +55,8 @@ def _written(body: list[str]) -> set[str]:
     """Names the loop body assigns or stores through (pointers included)."""
     names = {match.group(1) for line in body if (match := _ASSIGNED.match(line))}
     for line in body:
-        names |= set(re.findall(rf"\.store\(({_POINTER})", line))
-        names |= set(re.findall(rf"atomic_add\(&({_POINTER})", line))
+        names |= set(re.findall(rf"\.store\(({POINTER})", line))
+        names |= set(re.findall(rf"atomic_add\(&({POINTER})", line))
     return names
 
 

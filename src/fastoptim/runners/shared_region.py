@@ -17,7 +17,7 @@ same slots, which are added in the same order, so every result is the same to th
 left as inductor wrote them.
 
 Measured with ``benchmarks/patch_ab.py --patch shared_region`` (20M parameters in 100 tensors,
-the same tensors with and without; ``benchmarks/RESULTS.md``): 1-3% of a step for DAdaptSGD,
+the same tensors with and without; ``benchmarks/RESULTS.md``): 0-2% of a step for DAdaptSGD,
 DAdaptAdaGrad, DAdaptAdam, Prodigy, SGDP and AdamP. On 100 bias-sized tensors, where a step is
 nearly all fixed costs, a DAdaptSGD step's chunk calls took 1.33 ms before and 1.02 ms after.
 
@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastoptim.runners.kernel_source import CAN_REWRITE, rewritten_kernels
+from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, rewritten_kernels
 
 _CAN_PATCH = CAN_REWRITE
 _INDENT = " " * 4
@@ -39,7 +39,7 @@ _INDENT = " " * 4
 _DECLARATION = re.compile(
     r"^\s*(?!for\b|return\b)[A-Za-z_][\w:]*(?:<[\w:, <>]*>)?\s+([A-Za-z_]\w*)\s*(?:=|\[|;)"
 )
-_POINTER = re.compile(r"\b(?:in_out_ptr|in_ptr|out_ptr)\d+\b")
+_POINTER = re.compile(rf"\b{POINTER}\b")
 
 
 def _at(level: int, text: str) -> str:
