@@ -15,7 +15,8 @@ Usage::
 
 Patches: ``register_cascade`` (float32 cascade sums in registers), ``loop_barriers`` (``nowait``
 loops and explicit barriers), ``shared_region`` (a kernel's parallel reductions in one region),
-``loop_invariants`` (scalar work the same in every iteration done once before the loop).
+``loop_invariants`` (scalar work the same in every iteration done once before the loop),
+``streaming_stores`` (stores to memory a kernel never reads around the caches).
 """
 
 from __future__ import annotations
@@ -29,7 +30,14 @@ import torch
 
 import fastoptim
 from fastoptim.bench.speed import make_params
-from fastoptim.runners import compiled_direct, loop_barriers, loop_invariants, register_cascade, shared_region
+from fastoptim.runners import (
+    compiled_direct,
+    loop_barriers,
+    loop_invariants,
+    register_cascade,
+    shared_region,
+    streaming_stores,
+)
 
 #: Module whose ``_CAN_PATCH`` switches each patch.
 PATCHES = {
@@ -37,6 +45,7 @@ PATCHES = {
     "loop_barriers": loop_barriers,
     "shared_region": shared_region,
     "loop_invariants": loop_invariants,
+    "streaming_stores": streaming_stores,
 }
 
 #: Benchmark name -> (class name, keyword arguments).

@@ -62,7 +62,10 @@ class DAdaptAdaGrad(Optimizer):
 
     Differences from the official code: ``p.grad`` is not modified by weight decay; gradient
     release is refused; the sums are read once per step (the official code calls ``.item()``
-    four times per parameter); ``momentum`` must lie in [0, 1). As officially, ``lr``,
+    four times per parameter); ``momentum`` must lie in [0, 1); with momentum 0 the parameter is
+    set to :math:`z` (officially :math:`0 \cdot \theta + z`, the same for every finite
+    :math:`\theta`; an infinite or NaN parameter becomes NaN there), which the compiled step
+    writes without reading the parameter. As officially, ``lr``,
     ``momentum``, ``growth_rate`` and ``log_every`` come from the first group, ``eps`` and
     ``weight_decay`` are per group, and an all-zero gradient leaves ``d`` unchanged.
 
@@ -138,7 +141,8 @@ class DAdaptAdaGrad(Optimizer):
         return super().init_state(group, param, key)
 
     def global_scalars(self) -> dict[str, Any]:
-        return {"dlr": first_group_dlr(self), "averaging": 1.0 - self.param_groups[0]["momentum"]}
+        momentum = self.param_groups[0]["momentum"]
+        return {"dlr": first_group_dlr(self), "averaging": 1.0 - momentum, "replaces": momentum == 0}
 
     def scalars(self, group: dict[str, Any], step: int, lr: float) -> dict[str, Any]:
         return {"eps": group["eps"]}
@@ -246,7 +250,7 @@ class DAdaptAdaGrad(Optimizer):
             return self._update_sparse(param, grad, state, s)
         alpha, sums, x0 = state
         z = ops.sub(x0, ops.div(sums, ops.add_(ops.sqrt(alpha), s.eps)))
-        return primal_average_step(ops, param, z, s.averaging), state
+        return primal_average_step(ops, param, z, s.averaging, s.replaces), state
 
     @staticmethod
     def _update_sparse(

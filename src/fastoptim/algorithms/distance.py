@@ -42,14 +42,21 @@ def scaled(value: Any, factor: float) -> Any:
     return value.to(torch.float64) * factor
 
 
-def primal_average_step(ops: Any, param: Any, z: Any, averaging: float) -> Any:
+def primal_average_step(ops: Any, param: Any, z: Any, averaging: float, replaces: bool = False) -> Any:
     """The ``step_into`` of primal averaging: ``p ← (1 - c) p + c z`` (``p ← z`` when ``c == 1``).
 
     On the parameter itself this is the official ``p.mul_(1 - c).add_(z, alpha=c)``; on a Kahan
     buffer or a float32 copy it adds ``c (z - p)``.
+
+    With ``replaces`` (momentum 0, so ``c == 1``) the parameter itself is set to ``z`` without
+    being read: the official ``0 · p + z`` is ``z`` for every finite ``p`` (an infinite or NaN
+    parameter becomes NaN there, ``z`` here). A write that reads nothing before it lets the
+    compiled step stream it to memory (:mod:`~fastoptim.runners.streaming_stores`).
     """
 
     def step_into(target: Any) -> Any:
+        if target is param and replaces:
+            return z
         if target is param:
             return ops.add_(ops.mul_(target, 1 - averaging), z, alpha=averaging)
         return ops.add_(target, ops.sub(z, param), alpha=averaging)

@@ -34,8 +34,8 @@ loop is split). Inductor's on-disk cache does not see the patch, so the runner a
 :data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
 :mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those (and
 of :mod:`~fastoptim.runners.low_precision_codegen`'s, :mod:`~fastoptim.runners.loop_barriers`'s,
-:mod:`~fastoptim.runners.register_cascade`'s, :mod:`~fastoptim.runners.shared_region`'s and
-:mod:`~fastoptim.runners.loop_invariants`'s):
+:mod:`~fastoptim.runners.register_cascade`'s, :mod:`~fastoptim.runners.shared_region`'s,
+:mod:`~fastoptim.runners.loop_invariants`'s and :mod:`~fastoptim.runners.streaming_stores`'s):
 graphs compiled with and without these changes never share a cache entry.
 """
 
@@ -56,6 +56,7 @@ from fastoptim.runners import (
     register_cascade,
     round_trips,
     shared_region,
+    streaming_stores,
 )
 from fastoptim.runners.attribute_patch import replaced
 from fastoptim.runners.early_write_back import write_back_early
@@ -65,6 +66,7 @@ from fastoptim.runners.low_precision_codegen import low_precision_kernels
 from fastoptim.runners.register_cascade import sums_in_registers
 from fastoptim.runners.round_trips import drop_round_trips
 from fastoptim.runners.shared_region import reductions_in_one_region
+from fastoptim.runners.streaming_stores import streamed_stores
 
 try:
     from torch._inductor.codegen.cpp import CppScheduling
@@ -90,8 +92,9 @@ class _FusionCacheKey(CustomGraphPass):
     :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's cache
     on this module, those, :mod:`~fastoptim.runners.low_precision_codegen`,
     :mod:`~fastoptim.runners.loop_barriers`, :mod:`~fastoptim.runners.register_cascade`,
-    :mod:`~fastoptim.runners.shared_region` and :mod:`~fastoptim.runners.loop_invariants`
-    (patches of the CPU backend the cache does not see either).
+    :mod:`~fastoptim.runners.shared_region`, :mod:`~fastoptim.runners.loop_invariants` and
+    :mod:`~fastoptim.runners.streaming_stores` (patches of the CPU backend the cache does not see
+    either).
     """
 
     def __call__(self, graph: Any) -> None:
@@ -107,6 +110,7 @@ class _FusionCacheKey(CustomGraphPass):
             register_cascade,
             shared_region,
             loop_invariants,
+            streaming_stores,
             kernel_source,
         )
         return get_hash_for_files((__file__, *(module.__file__ for module in modules)))
@@ -227,8 +231,9 @@ def inductor_patches() -> Iterator[None]:
     :func:`reduction_update_fusion`, :func:`~fastoptim.runners.low_precision_codegen.low_precision_kernels`,
     :func:`~fastoptim.runners.loop_barriers.barriers_where_needed`,
     :func:`~fastoptim.runners.register_cascade.sums_in_registers`,
-    :func:`~fastoptim.runners.shared_region.reductions_in_one_region` and
-    :func:`~fastoptim.runners.loop_invariants.invariants_hoisted` (each of the last two wraps the
+    :func:`~fastoptim.runners.shared_region.reductions_in_one_region`,
+    :func:`~fastoptim.runners.loop_invariants.invariants_hoisted` and
+    :func:`~fastoptim.runners.streaming_stores.streamed_stores` (each of the last three wraps the
     one before).
     """
     with (
@@ -238,5 +243,6 @@ def inductor_patches() -> Iterator[None]:
         sums_in_registers(),
         reductions_in_one_region(),
         invariants_hoisted(),
+        streamed_stores(),
     ):
         yield

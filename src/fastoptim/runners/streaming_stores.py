@@ -1,0 +1,182 @@
+"""Stores to memory a kernel never reads go around the caches (non-temporal stores), on CPU.
+
+A store to a cache line that is not in the cache first reads the line from memory (a
+read-for-ownership), so on the development VM a tensor a kernel writes without reading costs as
+much as one it reads and writes back: a D-Adaptation SGD step with momentum 0 sets the parameter
+to ``x0 - s`` without reading it, and was no faster for it. A non-temporal store skips that read.
+Timed on 20M float32 elements, 2 threads, the caches flushed before each call (a /tmp C file):
+``s += a g; p = x0 - s`` took 12.33 ms with plain stores, 9.32 ms with the store to ``p``
+non-temporal, and 11.13 ms reading ``p`` as well (``p = 0 · p + x0 - s``).
+
+While the runner's graphs compile (:func:`streamed_stores`), a vector store
+``tmpN.store(ptr + index[, count]);`` becomes ``fastoptim::stream_store(tmpN, ptr + index,
+extent[, count]);`` where the kernel never reads ``ptr`` (it appears nowhere but in its stores
+and the kernel's signature), all of ``ptr``'s stores are in one loop, and no ``#pragma omp
+parallel for`` (whose threads would not pass the fence below) starts a loop around them.
+``extent`` is the store's innermost loop's length. The helper streams a whole float32 or float64
+vector (``count``, when given, its full size) when its address is aligned to a vector register
+(AVX-512 or AVX2; a tensor's storage is, a view at an offset may not be) and the loop covers at
+least :data:`MIN_STREAM_BYTES`; otherwise, for a loop's tail (a partial ``count``) and for every
+other type, it stores as before. Each thread issues ``_mm_sfence()`` after the outermost loop
+around the stores, inside the parallel region, so that its non-temporal stores are visible
+before the region's threads join.
+
+Values are unchanged: only how they reach memory. Smaller tensors keep plain stores: whatever
+reads them next (a model's forward pass) may still find them in the cache.
+
+Where this torch lacks the hook (``KernelGroup.codegen_group``), nothing is patched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, rewritten_kernels
+
+_CAN_PATCH = CAN_REWRITE
+_INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"
+#: The smallest loop, in bytes stored, whose stores are streamed: a tensor under 1 MiB may be
+#: read again from the cache before it leaves it.
+MIN_STREAM_BYTES = 1 << 20
+
+#: What the rewritten kernels call. ``stream_store`` streams a whole float32 or float64 vector
+#: (``Vectorized`` or ``VectorizedN``, as inductor's float64 loops use) and stores anything else
+#: as ``value.store(ptr, count)`` would.
+HELPER_SOURCE = rf"""
+namespace fastoptim {{
+template <typename V, typename T> struct Streamable : std::false_type {{}};
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+#if defined(CPU_CAPABILITY_AVX512)
+inline void stream_vector(const at::vec::Vectorized<float>& v, float* p) {{ _mm512_stream_ps(p, v); }}
+inline void stream_vector(const at::vec::Vectorized<double>& v, double* p) {{ _mm512_stream_pd(p, v); }}
+#else
+inline void stream_vector(const at::vec::Vectorized<float>& v, float* p) {{ _mm256_stream_ps(p, v); }}
+inline void stream_vector(const at::vec::Vectorized<double>& v, double* p) {{ _mm256_stream_pd(p, v); }}
+#endif
+template <> struct Streamable<at::vec::Vectorized<float>, float> : std::true_type {{}};
+template <> struct Streamable<at::vec::Vectorized<double>, double> : std::true_type {{}};
+template <int N> struct Streamable<at::vec::VectorizedN<float, N>, float> : std::true_type {{}};
+template <int N> struct Streamable<at::vec::VectorizedN<double, N>, double> : std::true_type {{}};
+#endif
+
+template <typename V, typename T>
+inline void stream_store(const V& value, T* ptr, int64_t extent, int64_t count = V::size()) {{
+  if constexpr (Streamable<V, T>::value) {{
+    using Vector = at::vec::Vectorized<T>;
+    if (count == V::size() && extent * static_cast<int64_t>(sizeof(T)) >= {MIN_STREAM_BYTES}L &&
+        reinterpret_cast<uintptr_t>(ptr) % sizeof(Vector) == 0) {{
+      if constexpr (std::is_same_v<V, Vector>) {{
+        stream_vector(value, ptr);
+      }} else {{
+        for (int i = 0; i < V::size() / Vector::size(); ++i) {{
+          stream_vector(value[i], ptr + i * Vector::size());
+        }}
+      }}
+      return;
+    }}
+  }}
+  value.store(ptr, count);
+}}
+
+inline void stream_fence() {{
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}}
+}}  // namespace fastoptim
+"""
+_LOOP = re.compile(r"^(\s*)for\(int64_t (x\d+)=[^;]*; \2<(.+); \2\+=")
+_STORE = re.compile(rf"^(\s*)(tmp\d+)\.store\(({POINTER}) \+ (.+)\);$")
+_DECLARATION = re.compile(rf"\*\s*({POINTER})\s*[,)]")
+
+
+def _loops(lines: list[str]) -> list[tuple[int, int, str]]:
+    """Every loop as ``(first line, closing line, extent)``: its bound as the source writes it.
+
+    In inductor's layout, with the braces of a loop's block on lines of their own.
+    """
+    loops = []
+    for index, line in enumerate(lines):
+        match = _LOOP.match(line)
+        if match is None or index + 1 >= len(lines) or lines[index + 1].strip() != "{":
+            continue
+        opening = lines[index + 1]
+        closing = opening[: len(opening) - len(opening.lstrip())] + "}"
+        try:
+            end = lines.index(closing, index + 2)
+        except ValueError:
+            continue
+        loops.append((index, end, match.group(3)))
+    return loops
+
+
+def _write_only(code: str, pointer: str) -> bool:
+    """Whether ``pointer`` appears only in its kernel's signature and as the target of stores."""
+    uses = len(re.findall(rf"\b{pointer}\b", code))
+    stores = len(re.findall(rf"\.store\({pointer}\b", code))
+    declarations = sum(1 for name in _DECLARATION.findall(code) if name == pointer)
+    return uses == stores + declarations
+
+
+def _arguments(text: str) -> list[str] | None:
+    """``text`` split at its commas outside parentheses; None where its parentheses do not match."""
+    arguments, depth, start = [], 0, 0
+    for index, character in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(character, 0)
+        if depth < 0:
+            return None
+        if character == "," and depth == 0:
+            arguments.append(text[start:index].strip())
+            start = index + 1
+    arguments.append(text[start:].strip())
+    return arguments if depth == 0 else None
+
+
+def _around(loops: list[tuple[int, int, str]], index: int) -> list[tuple[int, int, str]]:
+    """The loops around line ``index``, outermost first."""
+    return sorted((loop for loop in loops if loop[0] < index < loop[1]), key=lambda loop: loop[0])
+
+
+def with_streamed_stores(code: str) -> str:
+    """A kernel's source with its stores to write-only memory streamed (see the module's docstring)."""
+    if ".store(" not in code or code.count(_INCLUDE) != 1:
+        return code
+    lines = code.split("\n")
+    loops = _loops(lines)
+    stores: dict[str, list[int]] = {}
+    for index, line in enumerate(lines):
+        if match := re.search(rf"\.store\(({POINTER})\b", line):
+            stores.setdefault(match.group(1), []).append(index)
+    rewritten: dict[int, str] = {}
+    fences: set[int] = set()
+    for pointer, indices in stores.items():
+        nests = [_around(loops, index) for index in indices]
+        if not all(nests) or len({nest[-1] for nest in nests}) != 1 or not _write_only(code, pointer):
+            continue
+        outermost, innermost = nests[0][0], nests[0][-1]
+        if lines[outermost[0] - 1].strip().startswith("#pragma omp parallel"):
+            continue  # the threads of a combined directive end with it: no place for their fence
+        for index in indices:
+            match = _STORE.match(lines[index])
+            arguments = None if match is None else _arguments(match.group(4))
+            if arguments is not None and len(arguments) <= 2:
+                indent, value = match.group(1), match.group(2)
+                rest = "".join(f", {argument}" for argument in (innermost[2], *arguments[1:]))
+                rewritten[index] = (
+                    f"{indent}fastoptim::stream_store({value}, {pointer} + {arguments[0]}{rest});"
+                )
+                fences.add(outermost[1])
+    if not rewritten:
+        return code
+    for index, line in rewritten.items():
+        lines[index] = line
+    for end in sorted(fences, reverse=True):
+        indent = lines[end][: len(lines[end]) - len(lines[end].lstrip())]
+        lines.insert(end + 1, f"{indent}fastoptim::stream_fence();")
+    return "\n".join(lines).replace(_INCLUDE, _INCLUDE + "\n" + HELPER_SOURCE, 1)
+
+
+def streamed_stores() -> contextlib.AbstractContextManager[None]:
+    """Inductor's CPU kernels stream their stores to memory they never read."""
+    return rewritten_kernels(with_streamed_stores, enabled=_CAN_PATCH)
