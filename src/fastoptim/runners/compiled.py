@@ -52,7 +52,7 @@ from torch.fx.experimental import _config as symbolic_shapes_config
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.compiled_chunks import bucket_chunks
-from fastoptim.runners.compiled_direct import DirectStep
+from fastoptim.runners.compiled_direct import DirectStep, StackedPartials
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.reduction_fusion import CACHE_KEY, inductor_patches
 
@@ -165,7 +165,9 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
     (:mod:`~fastoptim.runners.compiled_direct`), the others through ``torch.compile``.
 
     Returns:
-        What ``apply`` returned, per tensor (partial sums in a reduction phase).
+        What ``apply`` returned, per tensor (partial sums in a reduction phase); a chunk compiled
+        without dynamo returns its partial sums as one
+        :class:`~fastoptim.runners.compiled_direct.StackedPartials` instead.
     """
     scalars = _tensor_scalars(bucket.scalars, bucket.dtype, optimizer.FLOAT64_SCALARS)
     algorithm = _algorithm(optimizer)
@@ -182,5 +184,8 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
             with _compile_settings(), inductor_patches():
                 rows = chunk.rows(detach_grads=True)
                 result = _compiled_chunk(apply, algorithm, rows, scalars, update_params)
-        results.extend(result[: chunk.real])
+        if isinstance(result, StackedPartials):
+            results.append(result.first_rows(chunk.real))
+        else:
+            results.extend(result[: chunk.real])
     return results

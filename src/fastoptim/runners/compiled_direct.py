@@ -66,6 +66,23 @@ _CONSTANT_TYPES = (bool, int, float, str, type(None))
 
 
 @dataclass(frozen=True)
+class StackedPartials:
+    """A compiled chunk's partial sums in one float64 tensor: row after row, ``width`` sums a row.
+
+    Attributes:
+        values: ``(rows * width,)``, the chunk's padding rows left out.
+        width: Sums per row.
+    """
+
+    values: Tensor
+    width: int
+
+    def first_rows(self, rows: int) -> StackedPartials:
+        """The partial sums of the first ``rows`` rows."""
+        return StackedPartials(self.values[: rows * self.width], self.width)
+
+
+@dataclass(frozen=True)
 class _CompiledChunk:
     """A chunk's compiled step: call ``artifact(*scalars, *row tensors)``."""
 
@@ -74,9 +91,14 @@ class _CompiledChunk:
     #: Per row, what ``apply`` returned: None, or how many tensors (the artifact's next outputs,
     #: returned as a tuple: the partial sums of a reduction).
     results: tuple[int | None, ...]
+    #: Whether every row returned the same number (at least one) of partial sums, which the
+    #: artifact then returns as one :class:`StackedPartials` tensor.
+    stacked: bool = False
 
-    def __call__(self, inputs: list[Tensor]) -> list[Any]:
+    def __call__(self, inputs: list[Tensor]) -> list[Any] | StackedPartials:
         outputs = self.artifact(*inputs)
+        if self.stacked:
+            return StackedPartials(outputs[0], self.results[0] or 0)
         if not any(self.results):  # count 0 and None alike: nothing to hand back per row
             return [None if count is None else () for count in self.results]
         results: list[Any] = []
@@ -123,6 +145,11 @@ def scalar_signature(scalars: SimpleNamespace) -> tuple[Any, ...] | None:
     return tuple(signature)
 
 
+#: A chunk's step as a function of tensors, its scalars' names, and per trace what its rows
+#: returned (see :func:`_chunk_step`).
+_ChunkStep = tuple[Callable[..., list[Tensor]], tuple[str, ...], list[tuple[tuple[int | None, ...], bool]]]
+
+
 def _is_tensor(value: Any) -> bool:
     return isinstance(value, Tensor)
 
@@ -133,11 +160,11 @@ def _chunk_step(
     scalars: SimpleNamespace,
     layouts: tuple[Layout, ...],
     update_params: bool,
-) -> tuple[Callable[..., list[Tensor]], tuple[str, ...], list[tuple[int | None, ...]]]:
+) -> _ChunkStep:
     """The chunk's step as a function of tensors only: the scalar tensors, then each row's."""
     names = tuple(name for name, value in vars(scalars).items() if isinstance(value, Tensor))
     constants = {name: value for name, value in vars(scalars).items() if name not in names}
-    spec: list[tuple[int | None, ...]] = []
+    spec: list[tuple[tuple[int | None, ...], bool]] = []
 
     def step(*tensors: Tensor) -> list[Tensor]:
         step_scalars = SimpleNamespace(**constants, **dict(zip(names, tensors, strict=False)))
@@ -154,7 +181,11 @@ def _chunk_step(
             )
         if any(r is not None and (type(r) is not tuple or not all(map(_is_tensor, r))) for r in results):
             raise TypeError("a compiled chunk's rows can only return None or a tuple of tensors")
-        spec.append(tuple(None if r is None else len(r) for r in results))
+        counts = tuple(None if r is None else len(r) for r in results)
+        stacked = len(set(counts)) == 1 and bool(counts[0])
+        spec.append((counts, stacked))
+        if stacked:  # one output, not a 0-d tensor per row and sum: see StackedPartials
+            return [torch.stack([t.to(torch.float64) for r in results for t in r])]
         return [t for r in results if r is not None for t in r]
 
     return step, names, spec
@@ -263,7 +294,7 @@ def _steps_other_sizes(
 
 
 def _compile(
-    chunk_step: tuple[Callable[..., list[Tensor]], tuple[str, ...], list[tuple[int | None, ...]]],
+    chunk_step: _ChunkStep,
     chunk: tuple[Row, ...],
     scalars: SimpleNamespace,
     options: dict[str, Any],
@@ -303,7 +334,7 @@ def _compile(
             stacklevel=2,
         )
         return None
-    return _CompiledChunk(artifact, names, spec[-1])
+    return _CompiledChunk(artifact, names, *spec[-1])
 
 
 class DirectStep:
