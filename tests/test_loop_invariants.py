@@ -125,3 +125,21 @@ def test_the_inner_loop_of_a_collapsed_nest_stays_perfectly_nested() -> None:
     assert with_invariants_hoisted(code) == code
     nested = code.replace(" collapse(2)", "")
     assert with_invariants_hoisted(nested) != nested  # not collapsed: the square root moves out
+
+
+def test_a_loop_around_a_tail_loop_of_another_layout_is_not_innermost() -> None:
+    """A statement of the scalar tail loop reads its variable (``x0_tail``): nothing moves."""
+    code = "\n".join(
+        [
+            "    for(int64_t x0=static_cast<int64_t>(0L); x0<static_cast<int64_t>(3L); x0+=16)",
+            "    {",
+            "        for (int64_t x0_tail = static_cast<int64_t>(0L);x0_tail < 3; x0_tail++)",
+            "        {",
+            "            auto tmp0 = x0_tail;",
+            "            auto tmp1 = std::sqrt(in_ptr0[static_cast<int64_t>(0L)]);",
+            "            out_ptr0[static_cast<int64_t>(x0_tail)] = tmp0 * tmp1;",
+            "        }",
+            "    }",
+        ]
+    )
+    assert with_invariants_hoisted(code) == code

@@ -35,6 +35,8 @@ from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, rewritten_kern
 _CAN_PATCH = CAN_REWRITE
 _STATEMENT = re.compile(r"^\s*auto (tmp\d+) = (.*);$")
 _LOOP = re.compile(r"^\s*for\(int64_t (x\d+)=")
+#: Any loop, in either of inductor's layouts (a tail's scalar loop is ``for (int64_t x0_tail = ...``).
+_ANY_LOOP = re.compile(r"^\s*for\s*\(")
 _BRANCH = re.compile(r"^\s*if\(C10_(?:UN)?LIKELY\(")
 _NAME = re.compile(r"\b[A-Za-z_]\w*\b")
 #: Names a loop body assigns: ``auto x =``, ``float x =``, ``x =``, ``x[...] =``, ``x.store(``.
@@ -123,8 +125,8 @@ def with_invariants_hoisted(code: str) -> str:
         except ValueError:
             return code  # not inductor's layout
         body = lines[index + 2 : end]
-        if any(_LOOP.match(line) for line in body):
-            index += 1  # an outer loop: its inner loops come next
+        if any(_ANY_LOOP.match(line) for line in body):
+            index += 1  # an outer loop: its inner loops in inductor's usual layout come next
             continue
         hoisted = _invariants(match.group(1), body)
         start = index - 1 if lines[index - 1].lstrip().startswith("#pragma omp") else index
