@@ -72,7 +72,7 @@ def test_a_tensor_written_without_being_read_is_streamed_with_the_same_values(
 def test_dadapt_sgd_without_momentum_streams_its_parameters_and_steps_as_the_loop_runner(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Weights of 2^18 + 5 elements (over 1 MiB): every compiled step against the loop runner."""
+    """Weights of 2^18 + 5 elements (over MIN_STREAM_BYTES): every compiled step against the loop runner."""
     sources = []
 
     def recorded(code: str) -> str:
