@@ -78,7 +78,9 @@ class StackedPartials:
     width: int
 
     def first_rows(self, rows: int) -> StackedPartials:
-        """The partial sums of the first ``rows`` rows."""
+        """The partial sums of the first ``rows`` rows (itself when those are all of them)."""
+        if rows * self.width == self.values.numel():
+            return self
         return StackedPartials(self.values[: rows * self.width], self.width)
 
 
