@@ -12,6 +12,11 @@ write back to a tensor the kernel has just read costs next to nothing, a tensor 
 being read costs a read (its lines are fetched before they are written). An optimizer step's
 floor on such a machine is then the tensors it reads per parameter, not its bytes.
 
+The kernels marked "streamed" are compiled with :mod:`fastoptim.runners.streaming_stores`, as the
+compiled runner compiles its steps: their write-only tensors are stored around the caches,
+without the read of each line (DAdaptSGD's step with momentum 0 reads 3 tensors, writes one
+back and the parameter without reading it).
+
 Usage::
 
     python benchmarks/read_streams.py
@@ -21,10 +26,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 import torch
 
 from fastoptim.bench.speed import time_interleaved
+from fastoptim.runners.streaming_stores import streamed_stores
 
 #: ``(reads, in-place writes, write-only tensors)`` per kernel; the first is the copy.
 KERNELS = [
@@ -40,14 +48,23 @@ KERNELS = [
     (6, 3, 0),
     (1, 0, 1),
     (2, 0, 1),
+    (3, 1, 1),
     (4, 3, 1),
 ]
+#: Kernels also timed with their write-only tensors streamed.
+STREAMED = [(1, 0, 1), (2, 0, 1), (3, 1, 1)]
 
 
-def _kernel(reads: int, writes: int, write_only: int, tensors: list[torch.Tensor]):
-    """A compiled step over ``tensors`` with that traffic: a sum of the reads, written back scaled."""
+def _kernel(reads: int, writes: int, write_only: int, tensors: list[torch.Tensor], streamed: bool = False):
+    """A compiled step over ``tensors`` with that traffic: a sum of the reads, written back scaled.
+
+    Compiled at once (inductor's graph cache off, so that the plain and the streamed kernel of one
+    traffic do not share an entry), with the stores rewritten when ``streamed``.
+    """
 
     def step(*xs: torch.Tensor) -> None:
+        if streamed:  # read, so that dynamo keys the compiled code on it too
+            pass
         total = xs[0]
         for x in xs[1:reads]:
             total = total + x
@@ -58,7 +75,14 @@ def _kernel(reads: int, writes: int, write_only: int, tensors: list[torch.Tensor
 
     compiled = torch.compile(step, dynamic=False)
     inputs = tensors[: reads + write_only]
+    with torch._inductor.config.patch(fx_graph_cache=False), streamed_stores() if streamed else _nothing():
+        compiled(*inputs)
     return lambda: compiled(*inputs)
+
+
+@contextlib.contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def main() -> None:
@@ -68,20 +92,20 @@ def main() -> None:
     args = parser.parse_args()
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(KERNELS))
     tensors = [torch.rand(args.elements) for _ in range(7)]
-    kernels = [_kernel(*traffic, tensors) for traffic in KERNELS]
-    for kernel in kernels:
-        kernel()
+    variants = [(*traffic, False) for traffic in KERNELS] + [(*traffic, True) for traffic in STREAMED]
+    kernels = [_kernel(*variant[:3], tensors, streamed=variant[3]) for variant in variants]
     times = time_interleaved(kernels, args.rounds)
     copy = times[0]
     threads = torch.get_num_threads()
     print(f"torch {torch.__version__}, {threads} threads, {args.elements / 1e6:.0f}M float32 elements\n")
-    print("| reads | in-place writes | write-only | ms | x copy | bytes predict | reads predict |")
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for (reads, writes, write_only), seconds in zip(KERNELS, times, strict=True):
+    print("| reads | in-place writes | write-only | stores | ms | x copy | bytes predict | reads predict |")
+    print("| ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |")
+    for (reads, writes, write_only, streamed), seconds in zip(variants, times, strict=True):
         by_bytes = (reads + writes + write_only) / 2
         by_reads = reads + write_only
+        stores = "streamed" if streamed else "plain"
         print(
-            f"| {reads} | {writes} | {write_only} | {seconds * 1e3:.2f} | {seconds / copy:.2f} "
+            f"| {reads} | {writes} | {write_only} | {stores} | {seconds * 1e3:.2f} | {seconds / copy:.2f} "
             f"| {by_bytes:.1f} | {by_reads} |"
         )
 
