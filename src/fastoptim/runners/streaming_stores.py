@@ -47,8 +47,9 @@ _INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"
 MIN_STREAM_BYTES = 65536
 
 #: How far ahead of a plain store to memory the kernel never reads the helper asks for the line
-#: (for writing), where it cannot stream (an unaligned view, another type): a plain store's own
-#: read of the line is not prefetched, and fetched ahead it costs no more than reading the tensor.
+#: (for writing), where it does not stream (a smaller tensor, an unaligned view, another type): a
+#: plain store's own read of the line is not prefetched, and fetched ahead it costs no more than
+#: reading the tensor.
 PREFETCH_BYTES = 2048
 #: What the rewritten kernels call. ``stream_store`` streams a whole float32 or float64 vector
 #: (``Vectorized`` or ``VectorizedN``, as inductor's float64 loops use) and stores anything else
