@@ -25,6 +25,7 @@ import contextlib
 from typing import Any
 
 from fastoptim.runners.attribute_patch import replaced
+from fastoptim.runners.kernel_source import indent
 
 try:
     from torch._inductor.codegen import cpp
@@ -98,7 +99,7 @@ def _finalize_kernel(self: Any, new_kernel: Any, nodes: list[Any]) -> None:
         pragmas = pragmas[1:]
     elif reads is None or since[0] is None or (reads | writes) & since[1] or writes & since[0]:
         first = next((line for line in emitted if isinstance(line, str)), "")
-        lines.insert(mark, first[: len(first) - len(first.lstrip())] + "#pragma omp barrier")
+        lines.insert(mark, indent(first) + "#pragma omp barrier")
         mark += 1
         since[:] = [set(), set()]
     if reads is None:

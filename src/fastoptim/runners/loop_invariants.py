@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import re
 
-from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, rewritten_kernels
+from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, closing_brace, indent, rewritten_kernels
 
 _CAN_PATCH = CAN_REWRITE
 _STATEMENT = re.compile(r"^\s*auto (tmp\d+) = (.*);$")
@@ -47,10 +47,6 @@ _KEPT = re.compile(r"loadu|load\(|div_floor|mod\(|%")
 _SCALAR_LOAD = re.compile(rf"^{POINTER}\[[^\]]*\]$")
 #: A conversion to a floating-point value (of a size, say), which no longer divides as integers.
 _FLOAT_CONVERSION = re.compile(r"^(?:c10::convert|static_cast)<(?:float|double)>\(")
-
-
-def _indent(line: str) -> str:
-    return line[: len(line) - len(line.lstrip())]
 
 
 def _written(body: list[str]) -> set[str]:
@@ -120,9 +116,8 @@ def with_invariants_hoisted(code: str) -> str:
         if match is None or index + 1 >= len(lines) or lines[index + 1].strip() != "{":
             index += 1
             continue
-        try:
-            end = lines.index(_indent(lines[index + 1]) + "}", index + 2)
-        except ValueError:
+        end = closing_brace(lines, index + 1)
+        if end is None:
             return code  # not inductor's layout
         body = lines[index + 2 : end]
         if any(_ANY_LOOP.match(line) for line in body):
@@ -140,14 +135,14 @@ def with_invariants_hoisted(code: str) -> str:
             for line in body
             if not ((statement := _STATEMENT.match(line)) and statement.group(1) in names)
         ]
-        indent = _indent(lines[start])
+        outer = indent(lines[start])
         block = [
-            indent + "{",
-            *(f"{indent}auto {name} = {expression};" for name, expression in hoisted),
+            outer + "{",
+            *(f"{outer}auto {name} = {expression};" for name, expression in hoisted),
             *lines[start : index + 2],
             *kept,
             lines[end],
-            indent + "}",
+            outer + "}",
         ]
         lines[start : end + 1] = block
         index = start + len(block)

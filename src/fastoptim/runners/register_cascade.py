@@ -33,10 +33,9 @@ from __future__ import annotations
 import contextlib
 import re
 
-from fastoptim.runners.kernel_source import CAN_REWRITE, rewritten_kernels
+from fastoptim.runners.kernel_source import CAN_REWRITE, PREFIX_INCLUDE, rewritten_kernels, with_helpers
 
 _CAN_PATCH = CAN_REWRITE
-_INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"
 
 #: What the rewritten kernels call: torch's combine and final with the running sum passed in and
 #: returned (``sum`` plays the part of the helper's ``sum_stk[0]``, which stays zero).
@@ -115,7 +114,7 @@ def with_register_sums(code: str) -> str:
     ``acc = cascade_sum_final(&h);`` becomes ``acc = fastoptim::cascade_total(acc, &h);`` for each
     helper whose accumulator passes :func:`_running_sums`; other source comes back unchanged.
     """
-    if "cascade_sum_combine(" not in code or code.count(_INCLUDE) != 1:
+    if "cascade_sum_combine(" not in code or code.count(PREFIX_INCLUDE) != 1:
         return code
     lines = code.split("\n")
     sums = _running_sums(lines)
@@ -129,7 +128,7 @@ def with_register_sums(code: str) -> str:
         elif final and final.group(3) in sums:
             indent, variable, helper = final.groups()
             lines[i] = f"{indent}{variable} = fastoptim::cascade_total({variable}, &{helper});"
-    return "\n".join(lines).replace(_INCLUDE, _INCLUDE + "\n" + HELPER_SOURCE, 1)
+    return with_helpers("\n".join(lines), HELPER_SOURCE)
 
 
 def sums_in_registers() -> contextlib.AbstractContextManager[None]:

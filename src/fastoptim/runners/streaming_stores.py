@@ -38,10 +38,17 @@ from __future__ import annotations
 import contextlib
 import re
 
-from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, rewritten_kernels
+from fastoptim.runners.kernel_source import (
+    CAN_REWRITE,
+    POINTER,
+    PREFIX_INCLUDE,
+    closing_brace,
+    indent,
+    rewritten_kernels,
+    with_helpers,
+)
 
 _CAN_PATCH = CAN_REWRITE
-_INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"
 #: The smallest loop, in bytes stored, whose stores are streamed: a smaller tensor may be read
 #: again from the cache before it leaves it (see the module's docstring).
 MIN_STREAM_BYTES = 65536
@@ -115,13 +122,9 @@ def _loops(lines: list[str]) -> list[tuple[int, int, str]]:
         match = _LOOP.match(line)
         if match is None or index + 1 >= len(lines) or lines[index + 1].strip() != "{":
             continue
-        opening = lines[index + 1]
-        closing = opening[: len(opening) - len(opening.lstrip())] + "}"
-        try:
-            end = lines.index(closing, index + 2)
-        except ValueError:
-            continue
-        loops.append((index, end, match.group(3)))
+        end = closing_brace(lines, index + 1)
+        if end is not None:
+            loops.append((index, end, match.group(3)))
     return loops
 
 
@@ -154,7 +157,7 @@ def _around(loops: list[tuple[int, int, str]], index: int) -> list[tuple[int, in
 
 def with_streamed_stores(code: str) -> str:
     """A kernel's source with its stores to write-only memory streamed (see the module's docstring)."""
-    if ".store(" not in code or code.count(_INCLUDE) != 1:
+    if ".store(" not in code or code.count(PREFIX_INCLUDE) != 1:
         return code
     lines = code.split("\n")
     loops = _loops(lines)
@@ -175,10 +178,10 @@ def with_streamed_stores(code: str) -> str:
             match = _STORE.match(lines[index])
             arguments = None if match is None else _arguments(match.group(4))
             if arguments is not None and len(arguments) <= 2:
-                indent, value = match.group(1), match.group(2)
+                spaces, value = match.group(1), match.group(2)
                 rest = "".join(f", {argument}" for argument in (innermost[2], *arguments[1:]))
                 rewritten[index] = (
-                    f"{indent}fastoptim::stream_store({value}, {pointer} + {arguments[0]}{rest});"
+                    f"{spaces}fastoptim::stream_store({value}, {pointer} + {arguments[0]}{rest});"
                 )
                 fences.add(outermost[1])
     if not rewritten:
@@ -186,9 +189,8 @@ def with_streamed_stores(code: str) -> str:
     for index, line in rewritten.items():
         lines[index] = line
     for end in sorted(fences, reverse=True):
-        indent = lines[end][: len(lines[end]) - len(lines[end].lstrip())]
-        lines.insert(end + 1, f"{indent}fastoptim::stream_fence();")
-    return "\n".join(lines).replace(_INCLUDE, _INCLUDE + "\n" + HELPER_SOURCE, 1)
+        lines.insert(end + 1, f"{indent(lines[end])}fastoptim::stream_fence();")
+    return with_helpers("\n".join(lines), HELPER_SOURCE)
 
 
 def streamed_stores() -> contextlib.AbstractContextManager[None]:
