@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-from collections.abc import Iterator
 
 import torch
 
@@ -75,14 +74,10 @@ def _kernel(reads: int, writes: int, write_only: int, tensors: list[torch.Tensor
 
     compiled = torch.compile(step, dynamic=False)
     inputs = tensors[: reads + write_only]
-    with torch._inductor.config.patch(fx_graph_cache=False), streamed_stores() if streamed else _nothing():
+    rewrite = streamed_stores() if streamed else contextlib.nullcontext()
+    with torch._inductor.config.patch(fx_graph_cache=False), rewrite:
         compiled(*inputs)
     return lambda: compiled(*inputs)
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 def main() -> None:
