@@ -138,6 +138,10 @@ class Optimizer(torch.optim.Optimizer):
     #: True when the rule needs each parameter's shape (AdamP's projection); otherwise the
     #: compiled runner passes flattened tensors, so that one graph serves every shape.
     NEEDS_SHAPES: ClassVar[bool] = False
+    #: True when the rule takes an optional last state, a scratch buffer for an update its step
+    #: reads twice, and returns the update as its new value (AdamP); the compiled runner passes
+    #: one for the weights where that is faster (:mod:`fastoptim.runners.update_scratch`).
+    STAGES_UPDATE: ClassVar[bool] = False
     #: Scalars the compiled runner passes as float64 whatever the dtype (others are float32 for
     #: all but float64 parameters): those given to torch functions that take only a Python float,
     #: which dynamo accepts as a float64 0-d tensor only (AdamP's ``eps`` and ``wd_ratio``).

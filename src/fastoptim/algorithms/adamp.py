@@ -61,9 +61,9 @@ class AdamP(Optimizer):
 
     bf16 parameters: the moments are computed in float32 and rounded to bf16, as they are stored,
     before the update reads them (the official code computes all of it in bf16). The projection's
-    sums need the whole update before it can be applied, so the update is read twice; from the
-    stored moments, the compiled step's second pass reads them back instead of a float32 copy of
-    the update. (fp16 moments are not rounded first: fp16's range would flush small second
+    sums need the whole update before it can be applied, so the update is read twice: the compiled
+    step's second pass reads the stored moments back, or, for weights of 2^16 to 2^21 elements, the
+    update itself from a float32 scratch buffer (:mod:`fastoptim.runners.update_scratch`). (fp16 moments are not rounded first: fp16's range would flush small second
     moments to zero and the update would blow up.)
 
     Args:
@@ -81,6 +81,7 @@ class AdamP(Optimizer):
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
     NEEDS_SHAPES = True
+    STAGES_UPDATE = True
     FLOAT64_SCALARS = ("eps", "wd_ratio")
 
     def __init__(
@@ -125,7 +126,8 @@ class AdamP(Optimizer):
         }
 
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
-        exp_avg, exp_avg_sq = state
+        # a third state is the compiled runner's scratch buffer: it gets the update (STAGES_UPDATE)
+        exp_avg, exp_avg_sq, *scratch = state
         exp_avg = ops.add_(ops.mul_(exp_avg, s.beta1), grad, alpha=s.beta1_comp)
         exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, value=s.beta2_comp)
         # low precision: the update reads the moments as stored (see the class docstring)
@@ -136,6 +138,7 @@ class AdamP(Optimizer):
             update = ops.div_(update, denom)
         else:
             update = ops.div(exp_avg, denom)
+        staged = tuple(update for _ in scratch)
         update, ratio = ops.project(param, grad, update, s.delta, s.wd_ratio, s.eps)
         rate = ops.each(ratio, lambda r: s.decay * r)
 
@@ -144,7 +147,7 @@ class AdamP(Optimizer):
                 return ops.add_(target, update, alpha=s.neg_step_size)
             return _decayed_step(ops, param, target, rate, update, s.neg_step_size)
 
-        return step_into, (exp_avg, exp_avg_sq)
+        return step_into, (exp_avg, exp_avg_sq, *staged)
 
 
 class SGDP(Optimizer):

@@ -20,6 +20,7 @@ kept per first parameter and dtype, so the cache never grows past the model.
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 import weakref
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from fastoptim.runners.compiled_inputs import (
     padding,
     row_of,
 )
+from fastoptim.runners.update_scratch import forget_scratch, with_scratch
 
 
 @dataclass(frozen=True)
@@ -88,26 +90,37 @@ def row_tensors(row: Row) -> list[Tensor]:
     return [param, grad, *states, *([] if comp is None else [comp])]
 
 
-def _cut(rows: list[Row], layouts: list[Layout]) -> list[tuple[list[Row], list[Layout], int, int]]:
-    """``rows`` in the chunks of one call each: ``(rows, layouts, real, start)``.
+def _cut(
+    rows: list[Row], layouts: list[Layout], alone: list[bool]
+) -> list[tuple[list[Row], list[Layout], int, list[int]]]:
+    """``rows`` in the chunks of one call each: ``(rows, layouts, real, indices of the real rows)``.
 
-    A bucket of fewer than :data:`CHUNK_SIZE` rows is run one row per call; a longer one in
-    chunks of :data:`CHUNK_SIZE`, the last one padded, so that one graph serves a bucket of any
-    length. (Padding short buckets too would save calls but compile a 16-row graph for every
+    Rows marked ``alone`` (those with a scratch buffer, :mod:`~fastoptim.runners.update_scratch`)
+    are a call each. Of the others, fewer than :data:`CHUNK_SIZE` rows are run one row per call;
+    more in chunks of :data:`CHUNK_SIZE`, the last one padded, so that one graph serves a bucket of
+    any length. (Padding short buckets too would save calls but compile a 16-row graph for every
     small model: 7 s more on a CPU.) Padding rows have the layout of the row they copy.
     """
-    if len(rows) < CHUNK_SIZE:
-        pairs = enumerate(zip(rows, layouts, strict=True))
-        return [([row], [layout], 1, start) for start, (row, layout) in pairs]
-    cut = []
-    for start in range(0, len(rows), CHUNK_SIZE):
-        chunk, chunk_layouts = rows[start : start + CHUNK_SIZE], layouts[start : start + CHUNK_SIZE]
+    cut = [([rows[i]], [layouts[i]], 1, [i]) for i in range(len(rows)) if alone[i]]
+    rest = [i for i in range(len(rows)) if not alone[i]]
+    if len(rest) < CHUNK_SIZE:
+        return cut + [([rows[i]], [layouts[i]], 1, [i]) for i in rest]
+    for start in range(0, len(rest), CHUNK_SIZE):
+        indices = rest[start : start + CHUNK_SIZE]
+        chunk, chunk_layouts = [rows[i] for i in indices], [layouts[i] for i in indices]
         real = len(chunk)
         if real < CHUNK_SIZE:
             chunk = chunk + padding(chunk[-1], CHUNK_SIZE - real)
             chunk_layouts = chunk_layouts + [chunk_layouts[-1]] * (CHUNK_SIZE - real)
-        cut.append((chunk, chunk_layouts, real, start))
+        cut.append((chunk, chunk_layouts, real, indices))
     return cut
+
+
+def _chunk(rows: list[Row], layouts: list[Layout], real: int) -> Chunk:
+    """The chunk of ``rows`` (each row's states, and Kahan buffer or not, as the first row's)."""
+    _, _, states, comp = rows[0]
+    tensors = [t for row in rows for t in row_tensors(row)]
+    return Chunk(tensors, tuple(layouts), real, len(states), comp is not None)
 
 
 def _own_tensors(bucket: Bucket) -> list[Tensor]:
@@ -118,21 +131,22 @@ def _own_tensors(bucket: Bucket) -> list[Tensor]:
 class _KeptBucket:
     """A bucket's chunks without their gradients, and what its tensors were when they were made."""
 
-    def __init__(self, bucket: Bucket, rows: list[Row], layouts: list[Layout], keep_channels: bool) -> None:
+    def __init__(
+        self, bucket: Bucket, rows: list[Row], layouts: list[Layout], alone: list[bool], keep_channels: bool
+    ) -> None:
         owned = _own_tensors(bucket)
         self.params = list(bucket.params)
         self.pointers = tuple(map(Tensor.data_ptr, owned))
         self.sizes = tuple(map(Tensor.numel, owned))
         self.shapes = tuple(map(operator.attrgetter("shape"), bucket.params)) if keep_channels else None
         self.dtype = bucket.dtype
-        self.n_states, self.has_comp = len(bucket.states), bucket.kahan_comps is not None
-        self.width = row_width(self.n_states, self.has_comp)
-        #: Per chunk: its tensors with None for the bucket's gradients, layouts, real rows, first row.
+        #: Per chunk: the chunk with None for the bucket's gradients, and its real rows' indices.
         self.templates = []
-        for chunk, chunk_layouts, real, start in _cut(rows, layouts):
-            tensors = [t for row in chunk for t in row_tensors(row)]
-            tensors[1 : real * self.width : self.width] = [None] * real
-            self.templates.append((tensors, tuple(chunk_layouts), real, start))
+        for chunk_rows, chunk_layouts, real, indices in _cut(rows, layouts, alone):
+            chunk = _chunk(chunk_rows, chunk_layouts, real)
+            width = row_width(chunk.n_states, chunk.has_comp)
+            chunk.tensors[1 : real * width : width] = [None] * real
+            self.templates.append((chunk, indices))
 
     def chunks(self, bucket: Bucket) -> list[Chunk] | None:
         """The chunks with ``bucket``'s gradients; None when ``bucket`` no longer matches."""
@@ -155,10 +169,11 @@ class _KeptBucket:
         else:
             return None
         chunks = []
-        for template, layouts, real, start in self.templates:
-            tensors = template.copy()
-            tensors[1 : real * self.width : self.width] = grad_inputs[start : start + real]
-            chunks.append(Chunk(tensors, layouts, real, self.n_states, self.has_comp))
+        for template, indices in self.templates:
+            tensors = template.tensors.copy()
+            width = row_width(template.n_states, template.has_comp)
+            tensors[1 : template.real * width : width] = [grad_inputs[i] for i in indices]
+            chunks.append(dataclasses.replace(template, tensors=tensors))
         return chunks
 
 
@@ -183,15 +198,13 @@ def bucket_chunks(optimizer: Any, bucket: Bucket) -> list[Chunk]:
         rows.append(row)
         layouts.append(layout)
         owns.append(own)
+    alone = with_scratch(optimizer, rows, layouts)
     if all(own.aliased for own in owns):
         kept_rows = [(own.param, own.param, own.states, own.comp) for own in owns]  # grads: filled in
         kept_layouts = [own.layout for own in owns]
-        kept_buckets[key] = _KeptBucket(bucket, kept_rows, kept_layouts, keep_channels)
-    n_states, has_comp = len(bucket.states), bucket.kahan_comps is not None
-    return [
-        Chunk([t for row in chunk for t in row_tensors(row)], tuple(chunk_layouts), real, n_states, has_comp)
-        for chunk, chunk_layouts, real, _ in _cut(rows, layouts)
-    ]
+        kept_alone = with_scratch(optimizer, kept_rows, kept_layouts)
+        kept_buckets[key] = _KeptBucket(bucket, kept_rows, kept_layouts, kept_alone, keep_channels)
+    return [_chunk(*cut[:3]) for cut in _cut(rows, layouts, alone)]
 
 
 def forget_kept_inputs(optimizer: Any) -> None:
@@ -202,3 +215,4 @@ def forget_kept_inputs(optimizer: Any) -> None:
     """
     _KEPT.pop(optimizer, None)
     forget_owned(optimizer)
+    forget_scratch(optimizer)

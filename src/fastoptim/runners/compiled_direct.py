@@ -289,9 +289,9 @@ def _steps_other_sizes(
 
     The graph's sizes were checked to be free; this checks that the compiled code did not
     specialise them anyway (it would leave the end of each longer row untouched). The rows'
-    tensors must agree to rounding; the partial sums only loosely (1e-2): summed in another order,
-    a sum that nearly cancels keeps few significant bits (DAdaptAdaGrad's gave 1.95e-3 against
-    2.20e-3).
+    tensors must agree to rounding (2e-2 in a row whose parameter has low precision); the partial
+    sums only loosely (1e-2): summed in another order, a sum that nearly cancels keeps few
+    significant bits (DAdaptAdaGrad's gave 1.95e-3 against 2.20e-3).
     """
     rows = _probe(chunk, extra=29)
     mine = [[t.clone() for t in row] for row in rows]
@@ -300,8 +300,9 @@ def _steps_other_sizes(
         outputs = artifact(*scalars, *(t for row in mine for t in row))
     pairs = [(want, got, 1e-2) for want, got in zip(expected, outputs, strict=True)]
     for row, my_row in zip(rows, mine, strict=True):
-        for want, got in zip(row, my_row, strict=True):
-            pairs.append((want, got, 2e-2 if want.dtype in (torch.bfloat16, torch.float16) else 1e-4))
+        # a low-precision parameter's float32 values (AdamP's scratch) come from rounded states
+        tolerance = 2e-2 if row[0].dtype in (torch.bfloat16, torch.float16) else 1e-4
+        pairs += [(want, got, tolerance) for want, got in zip(row, my_row, strict=True)]
     return all(
         want.shape == got.shape and torch.allclose(got.float(), want.float(), rtol=tolerance, atol=tolerance)
         for want, got, tolerance in pairs
