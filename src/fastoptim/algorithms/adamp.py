@@ -63,8 +63,9 @@ class AdamP(Optimizer):
     before the update reads them (the official code computes all of it in bf16). The projection's
     sums need the whole update before it can be applied, so the update is read twice: the compiled
     step's second pass reads the stored moments back, or, for weights of 2^16 to 2^21 elements, the
-    update itself from a float32 scratch buffer (:mod:`fastoptim.runners.update_scratch`). (fp16 moments are not rounded first: fp16's range would flush small second
-    moments to zero and the update would blow up.)
+    update itself from a float32 scratch buffer (:mod:`fastoptim.runners.update_scratch`). (fp16
+    moments are not rounded first: fp16's range would flush small second moments to zero and the
+    update would blow up.)
 
     Args:
         params: Tensors to optimise or dicts defining parameter groups.
