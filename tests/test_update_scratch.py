@@ -89,7 +89,11 @@ def _loads(loop_body: str) -> set[str]:
 
 @pytest.mark.skipif(not streaming_stores._CAN_PATCH, reason="this torch lacks KernelGroup.codegen_group")
 def test_the_second_pass_reads_the_update_and_the_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Not the moments again: two tensors, the first of them stored by the first pass."""
+    """Not the moments again: two tensors, one of them stored by an earlier loop (the update).
+
+    (torch 2.13 makes the first pass one loop; torch 2.11 splits it into a pointwise loop and
+    the per-channel sums.)
+    """
     sources, rewrite = [], streaming_stores.with_streamed_stores
 
     def recorded(code: str) -> str:
@@ -100,10 +104,8 @@ def test_the_second_pass_reads_the_update_and_the_parameter(monkeypatch: pytest.
     compiled_direct.clear()
     _steps("compiled", torch.float32, SHAPES[:1], steps=1)
     (source,) = [s for s in sources if "loadu(" in s]
-    loops = source.split("#pragma omp for")
-    first, last = loops[1], loops[-1]
-    stored = set(re.findall(r"\.store\(((?:in_out_ptr|in_ptr|out_ptr)\d+)", first))
-    assert len(_loads(first)) == 4  # g, p, m, v
+    *earlier, last = source.split("#pragma omp for")
+    stored = set(re.findall(r"\.store\(((?:in_out_ptr|in_ptr|out_ptr)\d+)", "".join(earlier)))
     second = _loads(last)
     assert len(second) == 2 and len(second & stored) == 1, (second, stored)
 
