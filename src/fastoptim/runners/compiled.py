@@ -55,6 +55,7 @@ from fastoptim.runners.compiled_chunks import bucket_chunks
 from fastoptim.runners.compiled_direct import DirectStep, StackedPartials
 from fastoptim.runners.compiled_ops import CompiledOps
 from fastoptim.runners.reduction_fusion import CACHE_KEY, inductor_patches
+from fastoptim.runners.update_scratch import compute_dtype
 
 #: Distinct graphs one process may compile for the runner's entry point (torch's defaults, 8 per
 #: function and 256 in all, are too few for a library whose optimizers, dtypes and phases all
@@ -92,7 +93,7 @@ def _tensor_scalars(
     tensor's compute type: a float64 0-d tensor would be converted in every iteration of every
     kernel loop, which made a step 5-10% slower. The names in ``float64`` stay float64.
     """
-    scalar_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    scalar_dtype = compute_dtype(dtype)
     values = {}
     for name, value in vars(scalars).items():
         if isinstance(value, float) and value != 0.0:
