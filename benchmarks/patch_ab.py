@@ -30,8 +30,8 @@ import torch
 
 import fastoptim
 from fastoptim.bench.speed import make_params
-from fastoptim.runners import (
-    compiled_direct,
+from fastoptim.runners.compiled.cpu_codegen import (
+    direct,
     loop_barriers,
     loop_invariants,
     register_cascade,
@@ -69,14 +69,14 @@ def _compiled_chunks(optimizer: torch.optim.Optimizer, patched: bool, module: ob
     """The chunks ``optimizer``'s next steps compile, with the patch switched on or off."""
     saved = module._CAN_PATCH
     module._CAN_PATCH = patched and saved
-    compiled_direct.clear()
+    direct.clear()
     try:
         with torch._inductor.config.patch(fx_graph_cache=False, autotune_local_cache=False):
             for _ in range(3):  # ONE_PASS optimizers compile their steady-state graph on step 2
                 optimizer.step()
     finally:
         module._CAN_PATCH = saved
-    return dict(compiled_direct._COMPILED)
+    return dict(direct._COMPILED)
 
 
 def compare(algorithm: str, args: argparse.Namespace) -> tuple[float, float]:
@@ -90,13 +90,13 @@ def compare(algorithm: str, args: argparse.Namespace) -> tuple[float, float]:
     times: list[list[float]] = [[], []]
     for round_index in range(args.rounds):
         for index in (round_index % 2, 1 - round_index % 2):
-            compiled_direct._COMPILED.clear()
-            compiled_direct._COMPILED.update(variants[index])
+            direct._COMPILED.clear()
+            direct._COMPILED.update(variants[index])
             flush.add_(1.0)
             start = time.perf_counter()
             optimizer.step()
             times[index].append(time.perf_counter() - start)
-    compiled_direct.clear()
+    direct.clear()
     return statistics.median(times[0]), statistics.median(times[1])
 
 

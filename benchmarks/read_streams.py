@@ -12,7 +12,7 @@ write back to a tensor the kernel has just read costs next to nothing, a tensor 
 being read costs a read (its lines are fetched before they are written). An optimizer step's
 floor on such a machine is then the tensors it reads per parameter, not its bytes.
 
-The kernels marked "streamed" are compiled with :mod:`fastoptim.runners.streaming_stores`, as the
+The kernels marked "streamed" are compiled with ``cpu_codegen.streaming_stores``, as the
 compiled runner compiles its steps: their write-only tensors are stored around the caches,
 without the read of each line (DAdaptSGD's step with momentum 0 reads 3 tensors, writes one
 back and the parameter without reading it).
@@ -31,7 +31,7 @@ import contextlib
 import torch
 
 from fastoptim.bench.speed import time_interleaved
-from fastoptim.runners.streaming_stores import streamed_stores
+from fastoptim.runners.compiled.cpu_codegen.streaming_stores import streamed_stores
 
 #: ``(reads, in-place writes, write-only tensors)`` per kernel; the first is the copy.
 KERNELS = [

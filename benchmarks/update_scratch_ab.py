@@ -1,6 +1,6 @@
 """AdamP's compiled step with the update's scratch buffer and without, on the same tensors.
 
-:mod:`fastoptim.runners.update_scratch` steps each weight of ``MIN_ELEMENTS`` to ``MAX_ELEMENTS``
+``cpu_codegen.update_scratch`` steps each weight of ``MIN_ELEMENTS`` to ``MAX_ELEMENTS``
 elements in a call of its own, storing its update in a buffer shared by all of them. Here two AdamP
 optimizers step the same parameters (each with its own moments): one with the buffer, one of a
 subclass without it (``STAGES_UPDATE = False``: every weight in 16-tensor calls, its second pass
@@ -24,7 +24,7 @@ import torch
 
 import fastoptim
 from fastoptim.bench.speed import make_params
-from fastoptim.runners import update_scratch
+from fastoptim.runners.compiled.cpu_codegen import update_scratch
 
 
 class AdamPWithoutScratch(fastoptim.AdamP):

@@ -20,9 +20,11 @@ from torch._dynamo.utils import counters
 from torch._inductor.utils import run_and_get_code
 
 import fastoptim
-from fastoptim.runners import compiled_direct, compiled_inputs
-from fastoptim.runners.compiled_inputs import CHUNK_SIZE
+from fastoptim.runners.compiled import inputs as compiled_inputs
+from fastoptim.runners.compiled.cpu_codegen import direct as compiled_direct
+from fastoptim.runners.compiled.inputs import CHUNK_SIZE
 from tests.cases import CASES, LOW_PRECISION_CASES, Case
+from tests.markers import needs_cpu_codegen
 from tests.problems import make_batches, make_model, max_abs_diff, params_of, train, twin
 
 STEPS = 8
@@ -151,6 +153,7 @@ def _lion_steps(shapes: list[tuple[int, ...]], backend: str, channels_last: bool
     return [param.detach() for param in params]
 
 
+@needs_cpu_codegen
 def test_a_chunk_compiled_without_dynamo_steps_tensors_of_any_size() -> None:
     """On the CPU the runner compiles flat chunks itself and calls them without dynamo's guards,
     so the graph must keep each row's size its own and free: compiled first for 20 tensors of one
@@ -228,6 +231,7 @@ def test_sgdp_on_channels_last_weights_through_torch_compile_equals_the_loop() -
     assert max_abs_diff(compiled, loop) <= 1e-13
 
 
+@needs_cpu_codegen
 def test_a_compiled_chunk_that_specialised_its_sizes_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
     """The runner checks each chunk it compiles on rows longer than those it traced: code that
     kept the traced sizes (as a static-shape compile does) is refused with a warning, and the
@@ -247,6 +251,7 @@ def test_a_compiled_chunk_that_specialised_its_sizes_is_not_used(monkeypatch: py
     assert max_abs_diff(compiled, _lion_steps([(7,), (6, 5)], "loop")) == 0.0
 
 
+@needs_cpu_codegen
 def test_the_check_on_longer_rows_accepts_sums_that_cancel() -> None:
     """DAdaptAdaGrad's partial sums nearly cancel at its first steps (d = 1e-6): summed in another
     order they keep few significant bits, which the check must not take for a specialised chunk
@@ -261,6 +266,7 @@ def test_the_check_on_longer_rows_accepts_sums_that_cancel() -> None:
     assert compiled_direct.compiled_chunks() == 1
 
 
+@needs_cpu_codegen
 def test_switching_torch_compile_off_also_switches_off_the_compiled_chunks() -> None:
     """``TORCH_COMPILE_DISABLE=1`` (dynamo's ``disable``) is for debugging: the runner then compiles
     nothing and runs the same code eagerly, exactly as the loop does."""
@@ -292,6 +298,7 @@ def test_moved_parameters_and_loaded_states_are_updated_where_they_now_live() ->
     assert max_abs_diff(*results) <= 1e-6
 
 
+@needs_cpu_codegen
 def test_kernels_use_every_thread_whatever_sizes_they_were_compiled_for() -> None:
     """Inductor otherwise picks serial or parallel loops from the sizes it first compiles for, and
     a graph first compiled for small tensors ran every later model on one thread.
@@ -311,6 +318,7 @@ def test_kernels_use_every_thread_whatever_sizes_they_were_compiled_for() -> Non
     assert all(lines[index - 1].startswith("#pragma omp for") for index in loops)
 
 
+@needs_cpu_codegen
 def test_adamp_weights_are_stepped_as_channel_views_without_dynamo() -> None:
     """AdamP and SGDP need each output channel: the runner passes contiguous weights as
     ``(size(0), -1)`` views (a linear and a convolution weight share one graph) and biases as
@@ -330,6 +338,7 @@ def test_adamp_weights_are_stepped_as_channel_views_without_dynamo() -> None:
     assert compiled_direct.compiled_chunks() == 2, "one graph for the weights, one for the biases"
 
 
+@needs_cpu_codegen
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_chunks_run_without_dynamo_as_the_loop_runs_them(dtype: torch.dtype) -> None:
     """bf16 and fp16 parameters with their Kahan buffers take the path without dynamo too: no
@@ -347,11 +356,12 @@ def test_low_precision_chunks_run_without_dynamo_as_the_loop_runs_them(dtype: to
     assert max_abs_diff(compiled, loop) <= 4 * ulp  # weights of magnitude up to about 2
 
 
+@needs_cpu_codegen
 @pytest.mark.parametrize("name", ["DAdaptAdam", "DAdaptLion"])
 def test_a_reduction_and_the_update_of_what_it_read_are_one_loop(name: str) -> None:
     """DAdaptAdam's steady step sums over its old states and then updates them and the parameter
     in place; DAdaptLion's sums over its old states, updates them, then sums over the new ones.
-    One pass over memory each with :mod:`fastoptim.runners.reduction_fusion`, where inductor
+    One pass over memory each with ``cpu_codegen.fusion``, where inductor
     alone makes two.
 
     Runs last, as the test above: ``run_and_get_code`` resets dynamo.
@@ -372,11 +382,12 @@ def test_a_reduction_and_the_update_of_what_it_read_are_one_loop(name: str) -> N
     assert loops == [1], f"loops per graph: {loops}"
 
 
+@needs_cpu_codegen
 def test_a_bf16_loop_that_sums_a_float32_value_keeps_the_bf16_vector_width() -> None:
     """DAdaptLion sums ``|s|`` over its new float32 ``s``, which it also stores in bf16: inductor
     realises that float32 value inside the loop and then vectorizes the whole loop at float32's
     width, a masked half vector per bf16 load and store (31 against 18 ms a bf16 step);
-    :mod:`fastoptim.runners.low_precision_codegen` keeps bf16's width.
+    ``cpu_codegen.low_precision_codegen`` keeps bf16's width.
 
     Runs last, as the tests above: ``run_and_get_code`` resets dynamo.
     """

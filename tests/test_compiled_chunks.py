@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 
 import fastoptim
-from fastoptim.runners import compiled_chunks
+from fastoptim.runners.compiled import chunks as compiled_chunks
 from tests.problems import max_abs_diff
 
 #: 20 tensors: a chunk of 16, then 4 and padding; weights and biases.

@@ -7,7 +7,7 @@ import torch
 from torch import fx
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from fastoptim.runners.early_write_back import write_back_early
+from fastoptim.runners.compiled.cpu_codegen.early_write_back import write_back_early
 
 aten = torch.ops.aten
 

@@ -1,6 +1,6 @@
 """Worksharing loops wait for each other only where one touches what another wrote.
 
-:mod:`fastoptim.runners.loop_barriers` gives each kernel's loop ``nowait`` and puts an explicit
+``cpu_codegen.loop_barriers`` gives each kernel's loop ``nowait`` and puts an explicit
 barrier before a kernel that depends on a loop since the last one. Checked on the OpenMP
 directives inductor generates for small programs, and on their results against eager PyTorch.
 """
@@ -14,7 +14,10 @@ import torch
 from torch import Tensor
 from torch._inductor.utils import run_and_get_code
 
-from fastoptim.runners.reduction_fusion import inductor_patches
+from fastoptim.runners.compiled.cpu_codegen.fusion import inductor_patches
+from tests.markers import needs_cpu_codegen
+
+pytestmark = needs_cpu_codegen
 
 
 def _directives_and_results(

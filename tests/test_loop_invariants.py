@@ -1,6 +1,6 @@
 """Scalar work the same in every iteration of an innermost loop runs once before it, with the same bits.
 
-:mod:`fastoptim.runners.loop_invariants` moves an innermost loop's invariant statements before
+``cpu_codegen.loop_invariants`` moves an innermost loop's invariant statements before
 it. Checked on a projection like AdamP's (per-row sums, then an update of each row by a
 coefficient with square roots and divisions) compiled with and without the rewrite, and on
 sources where statements must stay in their loop.
@@ -15,10 +15,13 @@ import torch
 from torch import Tensor
 from torch._inductor.utils import run_and_get_code
 
-from fastoptim.runners import loop_invariants
-from fastoptim.runners.compiled import INDUCTOR_OPTIONS
-from fastoptim.runners.loop_invariants import with_invariants_hoisted
-from fastoptim.runners.reduction_fusion import inductor_patches
+from fastoptim.runners.compiled.cpu_codegen import loop_invariants
+from fastoptim.runners.compiled.cpu_codegen.fusion import inductor_patches
+from fastoptim.runners.compiled.cpu_codegen.loop_invariants import with_invariants_hoisted
+from fastoptim.runners.compiled.runner import INDUCTOR_OPTIONS
+from tests.markers import needs_cpu_codegen
+
+pytestmark = needs_cpu_codegen
 
 _CAN_PATCH = loop_invariants._CAN_PATCH
 

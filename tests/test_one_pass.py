@@ -134,7 +134,7 @@ def test_steady_steps_run_in_one_pass_and_equal_the_official_code(
     calls = []
     one_pass = apply.apply_one_pass
     monkeypatch.setattr(
-        fastoptim.optimizer, "apply_one_pass", lambda *args: calls.append(1) or one_pass(*args)
+        fastoptim.reduction, "apply_one_pass", lambda *args: calls.append(1) or one_pass(*args)
     )
     official, ours = _run_both(
         lambda m: getattr(dadaptation, name)(m.parameters(), d0=1e-3),

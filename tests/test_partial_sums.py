@@ -2,7 +2,7 @@
 
 The loop and foreach runners hand back a tuple of 0-d partial sums per tensor (or lists of them);
 chunks compiled without dynamo one float64 tensor of all their rows' sums
-(:class:`~fastoptim.runners.compiled_direct.StackedPartials`). Checked against sums made here in
+(``direct.StackedPartials``). Checked against sums made here in
 exact arithmetic (``math.fsum``), for each kind alone and mixed, and on a DAdaptSGD step whose
 compiled chunks stack their sums.
 """
@@ -15,8 +15,9 @@ import pytest
 import torch
 
 import fastoptim
-from fastoptim.optimizer import _sum_partials
-from fastoptim.runners.compiled_direct import StackedPartials
+from fastoptim.reduction import StackedPartials
+from fastoptim.reduction import sum_partials as _sum_partials
+from tests.markers import needs_cpu_codegen
 
 
 def _values(count: int, seed: int) -> list[list[float]]:
@@ -65,18 +66,19 @@ def test_rows_with_different_numbers_of_sums_are_refused() -> None:
         _sum_partials([two, *_loose(rows)])
 
 
+@needs_cpu_codegen
 def test_dadapt_sgd_stacks_its_compiled_sums_and_steps_as_the_loop_runner(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """17 tensors: a full chunk of 16 and a single row, both compiled without dynamo."""
     seen: list[list[object]] = []
-    original = fastoptim.optimizer._sum_partials
+    original = fastoptim.reduction.sum_partials
 
     def recorded(results: list[object]) -> list[float] | None:
         seen.append(results)
         return original(results)
 
-    monkeypatch.setattr(fastoptim.optimizer, "_sum_partials", recorded)
+    monkeypatch.setattr(fastoptim.reduction, "sum_partials", recorded)
     generator = torch.Generator().manual_seed(3)
     shapes = [(5, 7), (7,)] * 8 + [(9,)]
     start = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]

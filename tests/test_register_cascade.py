@@ -1,6 +1,6 @@
 """Inductor's cascade sums with the running sum in a register give the same bits as inductor's own.
 
-:mod:`fastoptim.runners.register_cascade` swaps the helper of inductor's float32 cascade sums for
+``cpu_codegen.register_cascade`` swaps the helper of inductor's float32 cascade sums for
 one that keeps the running sum out of the heap. The sums are long enough that each thread carries
 partial sums several levels up the stack (3,000,001 elements: over 22 chunks of 4,096 vectors a
 thread on 2 threads, a masked tail of one element), so a wrong carry changes the result's bits.
@@ -14,7 +14,10 @@ import torch
 from torch import Tensor
 from torch._inductor.utils import run_and_get_code
 
-from fastoptim.runners.register_cascade import sums_in_registers, with_register_sums
+from fastoptim.runners.compiled.cpu_codegen.register_cascade import sums_in_registers, with_register_sums
+from tests.markers import needs_cpu_codegen
+
+pytestmark = needs_cpu_codegen
 
 
 def _sums(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

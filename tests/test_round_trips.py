@@ -7,7 +7,7 @@ from torch import fx
 from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch.fx.passes.fake_tensor_prop import FakeTensorProp
 
-from fastoptim.runners.round_trips import drop_round_trips
+from fastoptim.runners.compiled.cpu_codegen.round_trips import drop_round_trips
 
 aten, prims = torch.ops.aten, torch.ops.prims
 

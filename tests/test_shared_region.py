@@ -1,6 +1,6 @@
 """A kernel's independent parallel reductions share one OpenMP region, with the same results.
 
-:mod:`fastoptim.runners.shared_region` rewrites a run of inductor's parallel reductions (each in a
+``cpu_codegen.shared_region`` rewrites a run of inductor's parallel reductions (each in a
 region of its own) into one region of ``nowait`` loops. Checked on the directives and the results
 of small programs compiled with and without the rewrite (the sums are long enough to be split
 between threads and carried in cascade, so a change in who adds what changes their bits), and on
@@ -16,10 +16,13 @@ import torch
 from torch import Tensor
 from torch._inductor.utils import run_and_get_code
 
-from fastoptim.runners import shared_region
-from fastoptim.runners.compiled import INDUCTOR_OPTIONS
-from fastoptim.runners.reduction_fusion import inductor_patches
-from fastoptim.runners.shared_region import with_shared_regions
+from fastoptim.runners.compiled.cpu_codegen import shared_region
+from fastoptim.runners.compiled.cpu_codegen.fusion import inductor_patches
+from fastoptim.runners.compiled.cpu_codegen.shared_region import with_shared_regions
+from fastoptim.runners.compiled.runner import INDUCTOR_OPTIONS
+from tests.markers import needs_cpu_codegen
+
+pytestmark = needs_cpu_codegen
 
 _CAN_PATCH = shared_region._CAN_PATCH
 

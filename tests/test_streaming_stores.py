@@ -1,6 +1,6 @@
 """Stores to memory a kernel never reads are streamed (non-temporal), with the same values.
 
-:mod:`fastoptim.runners.streaming_stores` rewrites a kernel's full-vector stores to a pointer
+``cpu_codegen.streaming_stores`` rewrites a kernel's full-vector stores to a pointer
 it never loads. Checked on a compiled write of a tensor the kernel does not read (float32 and
 float64, aligned and at an odd offset) with and without the rewrite, on D-Adaptation SGD with
 momentum 0 (which sets the parameter without reading it) against the loop runner, and on
@@ -15,10 +15,14 @@ from torch import Tensor
 from torch._inductor.utils import run_and_get_code
 
 import fastoptim
-from fastoptim.runners import compiled_direct, streaming_stores
-from fastoptim.runners.compiled import INDUCTOR_OPTIONS
-from fastoptim.runners.reduction_fusion import inductor_patches
-from fastoptim.runners.streaming_stores import MIN_STREAM_BYTES, with_streamed_stores
+from fastoptim.runners.compiled.cpu_codegen import direct as compiled_direct
+from fastoptim.runners.compiled.cpu_codegen import streaming_stores
+from fastoptim.runners.compiled.cpu_codegen.fusion import inductor_patches
+from fastoptim.runners.compiled.cpu_codegen.streaming_stores import MIN_STREAM_BYTES, with_streamed_stores
+from fastoptim.runners.compiled.runner import INDUCTOR_OPTIONS
+from tests.markers import needs_cpu_codegen
+
+pytestmark = needs_cpu_codegen
 
 _CAN_PATCH = streaming_stores._CAN_PATCH
 _INCLUDE = "#include <torch/csrc/inductor/cpp_prefix.h>"

@@ -1,6 +1,6 @@
 """AdamP's compiled step stores its update in a scratch buffer that its second pass reads back.
 
-:mod:`fastoptim.runners.update_scratch` steps each mid-sized weight in a call of its own, with a
+``cpu_codegen.update_scratch`` steps each mid-sized weight in a call of its own, with a
 view of one buffer as an extra state. Checked against the loop runner (the official arithmetic) in
 float64, float32 and bf16 with Kahan summation, with projections by channel and by layer firing;
 on the generated kernel (the second pass reads the update and the parameter, not the moments);
@@ -17,9 +17,13 @@ from torch import Tensor
 
 import fastoptim
 from fastoptim.projection import project
-from fastoptim.runners import compiled_direct, streaming_stores, update_scratch
-from fastoptim.runners.compiled_chunks import _cut
-from fastoptim.runners.compiled_inputs import CHUNK_SIZE
+from fastoptim.runners.compiled.chunks import _cut
+from fastoptim.runners.compiled.cpu_codegen import direct as compiled_direct
+from fastoptim.runners.compiled.cpu_codegen import streaming_stores, update_scratch
+from fastoptim.runners.compiled.inputs import CHUNK_SIZE
+from tests.markers import needs_cpu_codegen
+
+pytestmark = needs_cpu_codegen
 
 #: Three weights of MIN_ELEMENTS or more (a row of 257: a vector tail), seventeen biases.
 WEIGHT = (256, 257)

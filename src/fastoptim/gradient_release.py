@@ -14,9 +14,16 @@ Gradient accumulation does not combine with it; use ``optimizer.optimizer_accumu
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
-from fastoptim.optimizer import Optimizer
+import torch
+from torch import Tensor, nn
+
+from fastoptim.bucketing import prepare_buckets
+from fastoptim.runners.apply import apply_rule
+
+if TYPE_CHECKING:
+    from fastoptim.optimizer import Optimizer
 
 _HOOKS_ATTRIBUTE = "_fastoptim_gradient_release_hooks"
 
@@ -33,7 +40,7 @@ def prepare_for_gradient_release(model: nn.Module, optimizer: Optimizer) -> None
         ValueError: ``optimizer`` was not built with ``gradient_release=True``, or ``model``
             already has gradient-release hooks.
     """
-    if not isinstance(optimizer, Optimizer):
+    if not callable(getattr(optimizer, "release_step", None)):
         raise TypeError(f"optimizer must be a fastoptim optimizer, got {type(optimizer).__name__}")
     if not optimizer.gradient_release:
         raise ValueError("optimizer must be constructed with gradient_release=True")
@@ -59,3 +66,27 @@ def remove_gradient_release(model: nn.Module) -> None:
     for handle in handles:
         handle.remove()
     delattr(model, _HOOKS_ATTRIBUTE)
+
+
+def _group_of(optimizer: Optimizer, param: Tensor) -> dict[str, Any] | None:
+    """The param group holding ``param`` (an index kept until groups change), or None."""
+    if optimizer._group_index is None:
+        optimizer._group_index = {
+            id(p): i for i, group in enumerate(optimizer.param_groups) for p in group["params"]
+        }
+    index = optimizer._group_index.get(id(param))
+    return None if index is None else optimizer.param_groups[index]
+
+
+def release_step(optimizer: Optimizer, param: Tensor) -> None:
+    """Steps one parameter on the loop runner and frees its gradient; the hook calls this.
+
+    Parameters that are not in ``optimizer`` keep their gradient untouched.
+    """
+    group = _group_of(optimizer, param)
+    if group is None or param.grad is None:
+        return
+    with torch.no_grad():
+        buckets = prepare_buckets(optimizer, group, [param], optimizer.global_scalars())
+        optimizer.run_buckets(buckets, "loop", not optimizer.optimizer_accumulation, apply_rule)
+    param.grad = None

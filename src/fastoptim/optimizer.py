@@ -9,71 +9,41 @@ An algorithm is a subclass that supplies four small pieces and nothing else:
 * :meth:`Optimizer.rule`: the elementwise maths, written once against the primitives of
   :mod:`fastoptim.runners.ops`.
 
-The base class owns everything else: param groups and validation, lazy state initialisation, the
-per-parameter step counter, bucketing by device/dtype/step, backend dispatch, weight decay (L2,
-decoupled, fully decoupled), low precision with Kahan summation, optimizer accumulation and the
-per-parameter step that gradient release runs inside backward.
+The base class owns param groups and their validation and the step's dispatch. One ``step()``:
+:func:`~fastoptim.bucketing.prepare_buckets` initialises missing state, counts the step and
+buckets the parameters by device, dtype and step; the bucket's runner
+(:mod:`fastoptim.runners`) applies :func:`~fastoptim.runners.apply.apply_rule`, which adds weight
+decay (:mod:`fastoptim.weight_decay`) and low precision (:mod:`fastoptim.precision`) around the
+rule. Reducing algorithms go through :mod:`fastoptim.reduction` instead; gradient release steps
+one parameter at a time (:mod:`fastoptim.gradient_release`).
 """
 
 from __future__ import annotations
 
-import operator
 import threading
-import warnings
 from collections.abc import Callable, Iterable
-from itertools import chain
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
-from fastoptim.precision import is_low_precision
+from fastoptim import runners
+from fastoptim.bucketing import prepare_buckets
+from fastoptim.gradient_release import release_step
+from fastoptim.reduction import reduce_and_update
 from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
-from fastoptim.runners.apply import apply_accumulate, apply_one_pass, apply_rule, apply_update
-from fastoptim.runners.compiled_chunks import forget_kept_inputs
-from fastoptim.runners.compiled_direct import StackedPartials
+from fastoptim.runners.apply import apply_rule
 from fastoptim.runners.ops import Workspace
-from fastoptim.validation import check_bool, check_nonnegative, check_positive
+from fastoptim.validation import check_bool, check_nonnegative
+from fastoptim.weight_decay import check_weight_decay, decay_terms
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 #: What a rule returns: a function adding the update to its argument, and the new states.
 RuleResult = tuple[Callable[[Any], Any], tuple[Any, ...]]
-#: A tensor's version counter (bumped by every in-place change).
-_VERSION = operator.attrgetter("_version")
 #: One param group's part of a step: the group and the buckets of its parameters with gradients.
 Plan = tuple[dict[str, Any], list[Bucket]]
-
-
-def _sum_partials(results: list[Any]) -> list[float] | None:
-    """Adds up the partial sums of every tensor, on the device and in float64; one host sync.
-
-    ``results`` holds, per tensor (or per list of tensors, from the foreach runner), None or a
-    tuple of partial sums (each a 0-d tensor, or a list of them), or per compiled chunk a
-    :class:`~fastoptim.runners.compiled_direct.StackedPartials` of its tensors' sums: one tensor
-    instead of a 0-d tensor per tensor and sum, which made a 1000-tensor DAdaptSGD step about
-    2 ms (6%) slower to allocate, hand back and stack.
-    """
-    stacked = [result for result in results if isinstance(result, StackedPartials)]
-    rows = [result for result in results if result is not None and not isinstance(result, StackedPartials)]
-    if not rows and not stacked:
-        return None
-    columns: list[Any] = list(zip(*rows, strict=True))
-    if any(isinstance(value, list) for column in columns for value in column):
-        columns = [
-            [t for value in column for t in (value if isinstance(value, list) else [value])]
-            for column in columns
-        ]
-    if not stacked:
-        return torch.stack([torch.stack(column).to(torch.float64).sum() for column in columns]).tolist()
-    width = stacked[0].width
-    if any(part.width != width for part in stacked) or (columns and len(columns) != width):
-        raise RuntimeError("the tensors of one step returned different numbers of partial sums")
-    matrices = [part.values.view(-1, width) for part in stacked]
-    if columns:
-        matrices.append(torch.stack([torch.stack(column).to(torch.float64) for column in columns], dim=1))
-    return torch.cat(matrices).t().contiguous().sum(dim=1).tolist()
 
 
 def hyperparameters(arguments: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +90,7 @@ class Optimizer(torch.optim.Optimizer):
     #: True for reducing algorithms whose ``update`` needs nothing ``finalize`` computes (it
     #: returns ``{}`` or None): both phases then run in one pass over memory whenever the step's
     #: reduction cannot find the "no information" that makes ``finalize`` skip the update (see
-    #: ``Optimizer._reduce_and_update``).
+    #: :func:`fastoptim.reduction.reduce_and_update`).
     ONE_PASS: ClassVar[bool] = False
     #: For :attr:`ONE_PASS` algorithms: the state buffers whose values decide whether the next
     #: reduction can find "no information" (and whatever else a one-pass step takes from the last
@@ -135,17 +105,6 @@ class Optimizer(torch.optim.Optimizer):
     #: Extra per-parameter buffers for sparse gradients; None (default) rejects sparse gradients.
     #: Sparse gradients run on the loop runner and get no L2 term (as the official DAdaptAdaGrad).
     SPARSE_STATE_KEYS: ClassVar[tuple[str, ...] | None] = None
-    #: True when the rule needs each parameter's shape (AdamP's projection); otherwise the
-    #: compiled runner passes flattened tensors, so that one graph serves every shape.
-    NEEDS_SHAPES: ClassVar[bool] = False
-    #: True when the rule takes an optional last state, a scratch buffer for an update its step
-    #: reads twice, and returns the update as its new value (AdamP); the compiled runner passes
-    #: one for the weights where that is faster (:mod:`fastoptim.runners.update_scratch`).
-    STAGES_UPDATE: ClassVar[bool] = False
-    #: Scalars the compiled runner passes as float64 whatever the dtype (others are float32 for
-    #: all but float64 parameters): those given to torch functions that take only a Python float,
-    #: which dynamo accepts as a float64 0-d tensor only (AdamP's ``eps`` and ``wd_ratio``).
-    FLOAT64_SCALARS: ClassVar[tuple[str, ...]] = ()
     #: Optimizer attributes (beyond groups and state) that pickling and deepcopy keep.
     PICKLED_ATTRIBUTES: ClassVar[tuple[str, ...]] = ()
 
@@ -295,23 +254,8 @@ class Optimizer(torch.optim.Optimizer):
 
     def _check_common(self, group: dict[str, Any]) -> None:
         check_nonnegative(group["lr"], "lr")
-        check_nonnegative(group.get("weight_decay", 0.0), "weight_decay")
         check_bool(group["kahan_sum"], "kahan_sum", allow_none=True)
-        for flag in ("decouple_wd", "decouple_lr"):
-            if flag in group:
-                check_bool(group[flag], flag)
-        if group.get("decouple_lr"):
-            if group.get("max_lr") is None:
-                group["max_lr"] = float(group["lr"])
-            try:
-                check_positive(group["max_lr"], "max_lr")
-            except ValueError as error:
-                raise ValueError(
-                    f"{error}: decouple_lr=True divides the learning rate by max_lr; "
-                    "pass max_lr= the peak of your learning-rate schedule"
-                ) from None
-        elif group.get("max_lr") is not None:
-            check_positive(group["max_lr"], "max_lr")
+        check_weight_decay(group)
 
     # ------------------------------------------------------------------ stepping
 
@@ -330,166 +274,40 @@ class Optimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         update_params = not self.optimizer_accumulation
+        plans = self._plans()
+        if self.REDUCES:
+            reduce_and_update(self, plans, update_params)
+            return loss
+        for _, buckets in plans:
+            self.run_buckets(buckets, self.backend, update_params, apply_rule)
+        return loss
+
+    def _plans(self) -> list[Plan]:
+        """Each group with gradients and its buckets (state initialised, step counted)."""
         shared = self.global_scalars()
         plans = []
         for group in self.param_groups:
             self.begin_group(group)
             params = [p for p in group["params"] if p.grad is not None]
             if params:
-                plans.append((group, self._prepare_buckets(group, params, shared)))
-        if not self.REDUCES:
-            for _, buckets in plans:
-                self._run(buckets, self.backend, update_params, apply_rule)
-            return loss
-        self._reduce_and_update(plans, update_params)
-        return loss
+                plans.append((group, prepare_buckets(self, group, params, shared)))
+        return plans
 
-    def _reduce_and_update(self, plans: list[Plan], update_params: bool) -> None:
-        """A reducing algorithm's step: the reduction, ``finalize``, then the update.
-
-        ``finalize`` skips the update when the reduction finds no information (the official
-        code returns early when a sum over the states ``s`` is zero), so the update of a
-        :attr:`ONE_PASS` algorithm rides along with the reduction only when the sum cannot be
-        zero: the last step's sum was nonzero, over the same parameters and groups, and nothing
-        has touched their states since (same tensors, same version counters). The new sum is then
-        zero only if every element of ``s`` cancels exactly; should that happen, the update is
-        already done and a warning says so. The compiled backend runs the two-phase steps (the
-        first, and those after a change) on the loop runner, so that it compiles one graph.
-        """
-        one_pass = self.ONE_PASS and self._informative_reduction == self._reduction_inputs(plans)
-        self.begin_reduction([bucket for _, buckets in plans for bucket in buckets], one_pass)
-        apply = apply_one_pass if one_pass else apply_accumulate
-        backend = self.backend
-        if self.ONE_PASS and not one_pass and backend == "compiled":
-            backend = "loop"  # first and fallback steps are rare: not worth compiling two more graphs
-        partials = [r for _, buckets in plans for r in self._run(buckets, backend, update_params, apply)]
-        final = self.finalize(_sum_partials(partials))
-        if final is None and one_pass:
-            warnings.warn(
-                f"{type(self).__name__}: the states s cancelled to exactly zero, so the official code "
-                "would have skipped this step's update, which fastoptim had already applied in one pass",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-        elif final is None:
-            if self.UPDATE_ADVANCES_STATE:  # the states advance, the parameters stay (rare: eagerly)
-                for _, buckets in plans:
-                    self._run(buckets, "loop", False, apply_update)
-            self.update_skipped([p for _, buckets in plans for bucket in buckets for p in bucket.params])
-        elif not one_pass:
-            for _, buckets in plans:
-                for bucket in buckets:
-                    bucket.scalars.__dict__.update(final)
-                self._run(buckets, backend, update_params, apply_update)
-        informative = self.ONE_PASS and final is not None
-        self._informative_reduction = self._reduction_inputs(plans) if informative else None
-
-    def _reduction_inputs(self, plans: list[Plan]) -> tuple[Any, ...]:
-        """What the reduction sums over: groups, how they count, their parameters' states.
-
-        The states are those of the parameters with gradients (:attr:`REDUCTION_STATE_KEYS` of
-        them): which tensors, and their version counters (in-place changes such as
-        ``restart_opt`` bump them).
-        """
-        inputs = []
-        for group, buckets in plans:
-            if self.REDUCTION_STATE_KEYS is None:
-                columns = [column for bucket in buckets for column in bucket.states]
-            else:
-                keys = self.state_keys(group)
-                watched = [keys.index(key) for key in self.REDUCTION_STATE_KEYS]
-                columns = [bucket.states[index] for bucket in buckets for index in watched]
-            states = list(chain.from_iterable(columns))
-            versions = tuple(map(_VERSION, states))
-            inputs.append((id(group), self.counts_in_reduction(group), tuple(map(id, states)), versions))
-        return tuple(inputs)
-
-    def _run(self, buckets: list[Bucket], backend: str, update_params: bool, apply: Any) -> list[Any]:
+    def run_buckets(self, buckets: list[Bucket], backend: str, update_params: bool, apply: Any) -> list[Any]:
+        """Runs ``apply`` over ``buckets`` on ``backend``; returns what the runners returned."""
         results = []
         for bucket in buckets:
-            runner = get_runner("loop" if bucket.sparse else backend, bucket.device)
-            results += runner(self, bucket, update_params, apply)
+            runner = get_runner(backend, bucket.device, sparse=bucket.sparse)
+            results += runner.run(self, bucket, update_params, apply)
         return results
-
-    def _prepare_buckets(
-        self, group: dict[str, Any], params: list[Tensor], shared: dict[str, Any]
-    ) -> list[Bucket]:
-        """Checks gradients, initialises missing state, counts the step, buckets the parameters.
-
-        Buckets group parameters by (step, device, dtype, sparse gradient): the unit the runners
-        work on.
-        """
-        if self.SPARSE_STATE_KEYS is None and any(p.grad.is_sparse for p in params):
-            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-        lr = float(group["lr"])
-        dense_keys = self.state_keys(group)
-        kahan_allowed = group["kahan_sum"] is not False
-        buckets: dict[tuple[int, torch.device, torch.dtype, bool], Bucket] = {}
-        for p in params:
-            sparse = p.grad.is_sparse
-            keys = (*dense_keys, *self.SPARSE_STATE_KEYS) if sparse else dense_keys
-            state = self.state[p]
-            for key in keys:
-                if key not in state:
-                    state[key] = self.init_state(group, p, key)
-            step = state["step"] = state.get("step", 0) + 1
-            bucket = buckets.get((step, p.device, p.dtype, sparse))
-            if bucket is None:
-                bucket = self._new_bucket(group, step, lr, p, len(keys), kahan_allowed, shared)
-                buckets[(step, p.device, p.dtype, sparse)] = bucket
-            bucket.params.append(p)
-            bucket.grads.append(p.grad)
-            for column, key in zip(bucket.states, keys, strict=True):
-                column.append(state[key])
-            if bucket.kahan_comps is not None:
-                if "kahan_comp" not in state:
-                    state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                bucket.kahan_comps.append(state["kahan_comp"])
-        return list(buckets.values())
-
-    def _new_bucket(
-        self,
-        group: dict[str, Any],
-        step: int,
-        lr: float,
-        p: Tensor,
-        n_states: int,
-        kahan_allowed: bool,
-        shared: dict[str, Any],
-    ) -> Bucket:
-        low_precision = is_low_precision(p.dtype)
-        sparse = p.grad.is_sparse
-        l2, decay_rate = self.weight_decay_terms(group, lr)
-        if sparse:
-            l2 = 0.0
-        scalars = SimpleNamespace(lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision)
-        scalars.__dict__.update(shared)
-        scalars.__dict__.update(self.scalars(group, step, lr))
-        return Bucket(
-            device=p.device,
-            dtype=p.dtype,
-            scalars=scalars,
-            states=[[] for _ in range(n_states)],
-            kahan_comps=[] if low_precision and kahan_allowed else None,
-            sparse=sparse,
-        )
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
         """Returns the L2 coefficient and the decoupled decay rate the machinery applies.
 
-        The L2 coefficient is added to the gradient before the rule; the decoupled rate is
-        ``lr * wd`` (``decouple_wd``), or ``lr / max_lr * wd`` (``decouple_lr``), applied with the
-        parameter write. Exactly one of them is nonzero, or neither. Algorithms with a decay rule
-        of their own override this and return zeros for the part they handle in their rule.
+        See :func:`fastoptim.weight_decay.decay_terms`. Algorithms with a decay rule of their
+        own override this and return zeros for the part they handle in their rule.
         """
-        weight_decay = group.get("weight_decay", 0.0)
-        if not weight_decay:
-            return 0.0, 0.0
-        if group.get("decouple_lr"):
-            return 0.0, lr / float(group["max_lr"]) * weight_decay
-        if group.get("decouple_wd"):
-            return 0.0, lr * weight_decay
-        return weight_decay, 0.0
+        return decay_terms(group, lr)
 
     @property
     def workspace(self) -> Workspace:
@@ -502,38 +320,19 @@ class Optimizer(torch.optim.Optimizer):
             workspace = self._workspaces.workspace = Workspace()
         return workspace
 
-    # ------------------------------------------------------------------ gradient release
-
-    def _group_of(self, param: Tensor) -> dict[str, Any] | None:
-        if self._group_index is None:
-            self._group_index = {
-                id(p): i for i, group in enumerate(self.param_groups) for p in group["params"]
-            }
-        index = self._group_index.get(id(param))
-        return None if index is None else self.param_groups[index]
-
     def release_step(self, param: Tensor) -> None:
-        """Steps one parameter and frees its gradient; the gradient-release hook calls this.
-
-        Parameters that are not in this optimizer keep their gradient untouched.
-        """
-        group = self._group_of(param)
-        if group is None or param.grad is None:
-            return
-        with torch.no_grad():
-            buckets = self._prepare_buckets(group, [param], self.global_scalars())
-            self._run(buckets, "loop", not self.optimizer_accumulation, apply_rule)
-        param.grad = None
+        """Steps one parameter and frees its gradient (see :mod:`fastoptim.gradient_release`)."""
+        release_step(self, param)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a ``state_dict()`` as ``torch.optim.Optimizer.load_state_dict`` does.
 
-        The compiled backend's kept aliases of the replaced states are dropped with them, so that
-        their memory is freed now, not at the next step (a resumed run would otherwise hold two
-        copies of the optimizer's state through its first forward and backward).
+        What the runners keep of the replaced states (the compiled backend's aliases) is dropped
+        with them, so that their memory is freed now, not at the next step (a resumed run would
+        otherwise hold two copies of the optimizer's state through its first forward and backward).
         """
         super().load_state_dict(state_dict)
-        forget_kept_inputs(self)
+        runners.forget(self)
         self._informative_reduction = None  # the next reduction starts afresh (ONE_PASS)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -63,7 +63,7 @@ class AdamP(Optimizer):
     before the update reads them (the official code computes all of it in bf16). The projection's
     sums need the whole update before it can be applied, so the update is read twice: the compiled
     step's second pass reads the stored moments back, or, for weights of 2^16 to 2^21 elements, the
-    update itself from a float32 scratch buffer (:mod:`fastoptim.runners.update_scratch`). (fp16
+    update itself from a float32 scratch buffer (the compiled backend's CPU plugin). (fp16
     moments are not rounded first: fp16's range would flush small second moments to zero and the
     update would blow up.)
 
@@ -81,9 +81,6 @@ class AdamP(Optimizer):
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
-    NEEDS_SHAPES = True
-    STAGES_UPDATE = True
-    FLOAT64_SCALARS = ("eps", "wd_ratio")
 
     def __init__(
         self,
@@ -127,7 +124,8 @@ class AdamP(Optimizer):
         }
 
     def rule(self, ops: Any, param: Any, grad: Any, state: tuple[Any, ...], s: SimpleNamespace) -> RuleResult:
-        # a third state is the compiled runner's scratch buffer: it gets the update (STAGES_UPDATE)
+        # an optional third state takes the unprojected update, which a runner may then read
+        # back instead of recomputing it (the compiled CPU plugin's scratch buffer)
         exp_avg, exp_avg_sq, *scratch = state
         exp_avg = ops.add_(ops.mul_(exp_avg, s.beta1), grad, alpha=s.beta1_comp)
         exp_avg_sq = ops.addcmul_(ops.mul_(exp_avg_sq, s.beta2), grad, grad, value=s.beta2_comp)
@@ -190,8 +188,6 @@ class SGDP(Optimizer):
     """
 
     STATE_KEYS = ("momentum",)
-    NEEDS_SHAPES = True
-    FLOAT64_SCALARS = ("eps", "wd_ratio")
 
     def __init__(
         self,

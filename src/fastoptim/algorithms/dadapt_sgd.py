@@ -48,7 +48,7 @@ class DAdaptSGD(Optimizer):
     With momentum 0 (the default) the parameter is set to :math:`z`, where the official code
     computes :math:`0 \cdot \theta + z`: the same for every finite :math:`\theta` (an infinite or
     NaN parameter becomes NaN there), and the compiled step writes the parameter without reading
-    it, around the caches (:mod:`~fastoptim.runners.streaming_stores`).
+    it, around the caches (:mod:`~fastoptim.runners.compiled.cpu_codegen.streaming_stores`).
 
     The state ``z`` is always :math:`x_0 - s` after a step and nothing reads it, so a step does
     not write it (a write-only stream of memory cost 9 of 22 ms in the compiled step of a

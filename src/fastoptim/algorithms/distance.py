@@ -51,7 +51,7 @@ def primal_average_step(ops: Any, param: Any, z: Any, averaging: float, replaces
     With ``replaces`` (momentum 0, so ``c == 1``) the parameter itself is set to ``z`` without
     being read: the official ``0 · p + z`` is ``z`` for every finite ``p`` (an infinite or NaN
     parameter becomes NaN there, ``z`` here). A write that reads nothing before it lets the
-    compiled step stream it to memory (:mod:`~fastoptim.runners.streaming_stores`).
+    compiled step stream it to memory (:mod:`~fastoptim.runners.compiled.cpu_codegen.streaming_stores`).
     """
 
     def step_into(target: Any) -> Any:

@@ -8,6 +8,7 @@ from typing import Any
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.ops import ForeachOps
+from fastoptim.runners.runner import Runner
 
 #: Elements per chunk: bounds the temporaries a rule allocates (a few chunk-sized lists).
 CHUNK_ELEMENTS = 1 << 24
@@ -41,3 +42,6 @@ def run_foreach(optimizer: Any, bucket: Bucket, update_params: bool, apply: Appl
             apply(optimizer, ForeachOps, params, grads, states, comps, bucket.scalars, update_params)
         )
     return results
+
+
+RUNNER = Runner("foreach", run_foreach)

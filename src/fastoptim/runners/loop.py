@@ -10,6 +10,7 @@ from torch import Tensor
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
 from fastoptim.runners.ops import TensorOps
+from fastoptim.runners.runner import Runner
 
 #: Contiguous tensors larger than this are updated in blocks of this many elements, which bounds
 #: the workspace (a few blocks) whatever the size of the largest parameter.
@@ -45,3 +46,6 @@ def run_loop(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply =
             results.append(apply(optimizer, ops, p, g, tuple(s), c, scalars, update_params))
             workspace.reset()
     return results
+
+
+RUNNER = Runner("loop", run_loop, sparse=True)

@@ -28,8 +28,8 @@ compiled chunk is specialised on:
 cannot take (another device, a tensor that is not an alias, scalars of
 other types); the runner then uses ``torch.compile``, and a chunk that fails to trace or compile
 warns once and falls back too.
-With ``torch.compile`` switched off (:func:`compile_disabled`) the runner runs the same code
-eagerly. (CUDA keeps ``torch.compile``: this path has not been measured on a GPU.)
+With ``torch.compile`` switched off the runner runs the same code eagerly. (CUDA keeps
+``torch.compile``: this path has not been measured on a GPU.)
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.utils._sympy.numbers import int_oo
 
-from fastoptim.runners.compiled_chunks import Chunk, row_tensors, row_width
-from fastoptim.runners.compiled_inputs import Layout, Row
-from fastoptim.runners.compiled_ops import CompiledOps
-from fastoptim.runners.reduction_fusion import inductor_patches
+from fastoptim.reduction import StackedPartials
+from fastoptim.runners.compiled.chunks import Chunk, row_tensors, row_width
+from fastoptim.runners.compiled.cpu_codegen.fusion import inductor_patches
+from fastoptim.runners.compiled.inputs import Layout, Row
+from fastoptim.runners.compiled.ops import CompiledOps
+from fastoptim.runners.compiled.runner import compile_disabled
 
 #: Parameter dtypes this path takes. bf16 and fp16 chunks once stayed with ``torch.compile``,
 #: whose kernel stepped bf16 Adam twice as fast; traced on probe rows of 4096 elements (vector
@@ -63,25 +65,6 @@ from fastoptim.runners.reduction_fusion import inductor_patches
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 #: Types of the scalars a trace may bake in; anything else sends the chunk to ``torch.compile``.
 _CONSTANT_TYPES = (bool, int, float, str, type(None))
-
-
-@dataclass(frozen=True)
-class StackedPartials:
-    """A compiled chunk's partial sums in one float64 tensor: row after row, ``width`` sums a row.
-
-    Attributes:
-        values: ``(rows * width,)``, the chunk's padding rows left out.
-        width: Sums per row.
-    """
-
-    values: Tensor
-    width: int
-
-    def first_rows(self, rows: int) -> StackedPartials:
-        """The partial sums of the first ``rows`` rows (itself when those are all of them)."""
-        if rows * self.width == self.values.numel():
-            return self
-        return StackedPartials(self.values[: rows * self.width], self.width)
 
 
 @dataclass(frozen=True)
@@ -127,11 +110,6 @@ def compiled_chunks() -> int:
 def clear() -> None:
     """Forgets every compiled chunk (the next step compiles again)."""
     _COMPILED.clear()
-
-
-def compile_disabled() -> bool:
-    """Whether ``torch.compile`` is switched off (``TORCH_COMPILE_DISABLE=1``): chunks run eagerly."""
-    return bool(torch._dynamo.config.disable)
 
 
 def scalar_signature(scalars: SimpleNamespace) -> tuple[Any, ...] | None:

@@ -14,7 +14,7 @@ the cache, and only ``p`` comes from memory again. So a weight of at least
 :data:`MIN_ELEMENTS` and at most :data:`MAX_ELEMENTS` elements on the CPU is stepped by a call of
 its own (a chunk of one row), with a view of the optimizer's buffer at its start as an extra
 state of its row: the rule stores its update there (the write-back of a state,
-:mod:`~fastoptim.runners.early_write_back`, moves it into the first pass and points the second
+``cpu_codegen.early_write_back``, moves it into the first pass and points the second
 pass at it). Calls of one row cost more than a share of a 16-row call; smaller weights stay in
 16-row chunks, whose second passes find their tensors in the cache anyway. A larger weight would
 not fit in the cache: the buffer would be written and read from memory.
@@ -36,7 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastoptim.runners.compiled_inputs import Layout, Row
+from fastoptim.runners.compiled.inputs import Layout, Row, compute_dtype
+from fastoptim.runners.compiled.probe import RuleTraits
 
 #: Fewest elements of a weight stepped with the buffer: a call of one row costs about 20 µs.
 MIN_ELEMENTS = 1 << 16
@@ -57,11 +58,6 @@ def _uses_scratch(row: Row, layout: Layout) -> bool:
     return param.device.type == "cpu" and MIN_ELEMENTS <= param.numel() <= MAX_ELEMENTS
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype a rule computes a ``dtype`` parameter's update in: float64 or float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _buffer(optimizer: Any, device: torch.device, dtype: torch.dtype, numel: int) -> Tensor:
     """The optimizer's buffer for ``device`` and ``dtype``, of at least ``numel`` elements."""
     buffers = _BUFFERS.setdefault(optimizer, {})
@@ -71,10 +67,10 @@ def _buffer(optimizer: Any, device: torch.device, dtype: torch.dtype, numel: int
     return buffer
 
 
-def with_scratch(optimizer: Any, rows: list[Row], layouts: list[Layout]) -> list[bool]:
+def with_scratch(optimizer: Any, traits: RuleTraits, rows: list[Row], layouts: list[Layout]) -> list[bool]:
     """Gives the rows stepped alone a view of the optimizer's buffer as a last state.
 
-    For optimizers whose rule takes one (:attr:`~fastoptim.Optimizer.STAGES_UPDATE`), every row
+    For optimizers whose rule takes one (``RuleTraits.stages_update``), every row
     that is a weight on the CPU passed as a channel view (each tensor of the row an alias of its
     shape) of :data:`MIN_ELEMENTS` to :data:`MAX_ELEMENTS` elements gets a view of the buffer's
     start, shaped as the parameter, in ``rows`` and ``layouts`` (replaced in place).
@@ -82,7 +78,7 @@ def with_scratch(optimizer: Any, rows: list[Row], layouts: list[Layout]) -> list
     Returns:
         Per row, whether it got one.
     """
-    if not optimizer.STAGES_UPDATE:
+    if not traits.stages_update:
         return [False] * len(rows)
     chosen = [_uses_scratch(row, layout) for row, layout in zip(rows, layouts, strict=True)]
     largest: dict[tuple[torch.device, torch.dtype], int] = {}

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, rewritten_kernels
+from fastoptim.runners.compiled.cpu_codegen.kernel_source import CAN_REWRITE, POINTER, rewritten_kernels
 
 _CAN_PATCH = CAN_REWRITE
 _INDENT = " " * 4
@@ -176,7 +176,7 @@ def reductions_in_one_region() -> contextlib.AbstractContextManager[None]:
     """Inductor's CPU kernels run each run of independent parallel reductions in one region.
 
     Wraps whatever ``KernelGroup.codegen_group`` is when this is called
-    (:func:`~fastoptim.runners.kernel_source.rewritten_kernels`), so that it composes with
-    :func:`~fastoptim.runners.register_cascade.sums_in_registers`.
+    (``kernel_source.rewritten_kernels``), so that it composes with
+    ``register_cascade.sums_in_registers``.
     """
     return rewritten_kernels(with_shared_regions, enabled=_CAN_PATCH)

@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from fastoptim.runners.attribute_patch import replaced
+from fastoptim.runners.compiled.cpu_codegen.attribute_patch import replaced
 
 try:
     from torch._inductor.codegen import cpp

@@ -10,7 +10,7 @@ and spent a read and a write of the state on it (in DAdaptSGD's bf16 step, a loo
 Widening a float to a type with at least its precision and range and rounding it back is exact,
 so :func:`drop_round_trips` replaces each such narrowing of a widened value by the value itself,
 and drops the write-backs of a state into itself that result. It runs before any write-back moves
-(:mod:`~fastoptim.runners.early_write_back`): every read of an input then reads its old value.
+(``cpu_codegen.early_write_back``): every read of an input then reads its old value.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A bucket's inputs to the compiled runner, cut into chunks and kept between steps.
 
-:mod:`~fastoptim.runners.compiled_inputs` makes a parameter's row (aliases of its own tensors,
+:mod:`~fastoptim.runners.compiled.inputs` makes a parameter's row (aliases of its own tensors,
 kept per parameter, and of its gradient). Checked and made one parameter at a time, rows cost
 about 7 µs a parameter on the development CPU once a step has flushed the caches: 0.7 ms of a
 100-tensor step, 7 ms of a 1000-tensor one, nearly all of it the Python around a few dozen
@@ -28,8 +28,9 @@ from typing import Any
 
 from torch import Tensor
 
+from fastoptim.runners.apply import Apply
 from fastoptim.runners.bucket import Bucket
-from fastoptim.runners.compiled_inputs import (
+from fastoptim.runners.compiled.inputs import (
     CHUNK_SIZE,
     Layout,
     Row,
@@ -40,7 +41,7 @@ from fastoptim.runners.compiled_inputs import (
     padding,
     row_of,
 )
-from fastoptim.runners.update_scratch import forget_scratch, with_scratch
+from fastoptim.runners.compiled.probe import rule_traits
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class Chunk:
 
     Attributes:
         tensors: Row after row, ``param, grad, *states`` and the Kahan buffer when there is one.
-        layouts: Each row's :data:`~fastoptim.runners.compiled_inputs.Layout`.
+        layouts: Each row's :data:`~fastoptim.runners.compiled.inputs.Layout`.
         real: How many rows (the first ones) are the bucket's; the others are padding.
         n_states: States per row.
         has_comp: Whether each row ends with a Kahan buffer.
@@ -94,11 +95,11 @@ def _cut(
 ) -> list[tuple[list[Row], list[Layout], int, list[int]]]:
     """``rows`` in the chunks of one call each: ``(rows, layouts, real, indices of the real rows)``.
 
-    Rows marked ``alone`` (those with a scratch buffer, :mod:`~fastoptim.runners.update_scratch`)
-    are a call each. Of the others, fewer than :data:`CHUNK_SIZE` rows are run one row per call;
-    more in chunks of :data:`CHUNK_SIZE`, the last one padded, so that one graph serves a bucket of
-    any length. (Padding short buckets too would save calls but compile a 16-row graph for every
-    small model: 7 s more on a CPU.) Padding rows have the layout of the row they copy.
+    Rows marked ``alone`` (those a plugin gave a scratch buffer) are a call each. Of the others,
+    fewer than :data:`CHUNK_SIZE` rows are run one row per call; more in chunks of
+    :data:`CHUNK_SIZE`, the last one padded, so that one graph serves a bucket of any length.
+    (Padding short buckets too would save calls but compile a 16-row graph for every small model:
+    7 s more on a CPU.) Padding rows have the layout of the row they copy.
     """
     cut = [([rows[i]], [layouts[i]], 1, [i]) for i in range(len(rows)) if alone[i]]
     rest = [i for i in range(len(rows)) if not alone[i]]
@@ -182,15 +183,32 @@ class _KeptBucket:
 _KEPT: weakref.WeakKeyDictionary[Any, dict[tuple[int, Any], _KeptBucket]] = weakref.WeakKeyDictionary()
 
 
-def bucket_chunks(optimizer: Any, bucket: Bucket) -> list[Chunk]:
-    """``bucket``'s rows in chunks (see the module's docstring), from what was kept when it matches."""
+def bucket_chunks(optimizer: Any, bucket: Bucket, apply: Apply, rows_alone: Any = None) -> list[Chunk]:
+    """``bucket``'s rows in chunks (see the module's docstring), from what was kept when it matches.
+
+    Args:
+        optimizer: The optimizer the bucket belongs to (the chunks are kept per optimizer).
+        bucket: The parameters, gradients and states.
+        apply: The phase to run, whose rule decides whether weights keep their channels
+            (:mod:`~fastoptim.runners.compiled.probe`).
+        rows_alone: A plugin's hook that adds inputs to some rows and runs those alone
+            (:class:`~fastoptim.runners.compiled.plugins.Plugin`); None: no row runs alone.
+    """
     kept_buckets = _KEPT.setdefault(optimizer, {})
     key = (id(bucket.params[0]), bucket.dtype)
     kept = kept_buckets.get(key)
     chunks = None if kept is None else kept.chunks(bucket)
     if chunks is not None:
         return chunks
-    keep_channels = optimizer.NEEDS_SHAPES
+    first = next(iter(bucket.tensors()))
+    traits = rule_traits(optimizer, apply, first, bucket.scalars)
+    keep_channels = traits.channels
+
+    def alone_rows(rows: list[Row], layouts: list[Layout]) -> list[bool]:
+        if rows_alone is None:
+            return [False] * len(rows)
+        return rows_alone(optimizer, traits, rows, layouts)
+
     cache = owned_cache(optimizer)
     rows, layouts, owns = [], [], []
     for param, grad, states, comp in bucket.tensors():
@@ -199,11 +217,11 @@ def bucket_chunks(optimizer: Any, bucket: Bucket) -> list[Chunk]:
         rows.append(row)
         layouts.append(layout)
         owns.append(own)
-    alone = with_scratch(optimizer, rows, layouts)
+    alone = alone_rows(rows, layouts)
     if all(own.aliased for own in owns):
         kept_rows = [(own.param, own.param, own.states, own.comp) for own in owns]  # grads: filled in
         kept_layouts = [own.layout for own in owns]
-        kept_alone = with_scratch(optimizer, kept_rows, kept_layouts)
+        kept_alone = alone_rows(kept_rows, kept_layouts)
         kept_buckets[key] = _KeptBucket(bucket, kept_rows, kept_layouts, kept_alone, keep_channels)
     return [_chunk(*cut[:3]) for cut in _cut(rows, layouts, alone)]
 
@@ -216,4 +234,3 @@ def forget_kept_inputs(optimizer: Any) -> None:
     """
     _KEPT.pop(optimizer, None)
     forget_owned(optimizer)
-    forget_scratch(optimizer)

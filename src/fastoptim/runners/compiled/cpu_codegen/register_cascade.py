@@ -33,7 +33,12 @@ from __future__ import annotations
 import contextlib
 import re
 
-from fastoptim.runners.kernel_source import CAN_REWRITE, PREFIX_INCLUDE, rewritten_kernels, with_helpers
+from fastoptim.runners.compiled.cpu_codegen.kernel_source import (
+    CAN_REWRITE,
+    PREFIX_INCLUDE,
+    rewritten_kernels,
+    with_helpers,
+)
 
 _CAN_PATCH = CAN_REWRITE
 

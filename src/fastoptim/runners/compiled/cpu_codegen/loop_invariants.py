@@ -30,7 +30,13 @@ from __future__ import annotations
 import contextlib
 import re
 
-from fastoptim.runners.kernel_source import CAN_REWRITE, POINTER, closing_brace, indent, rewritten_kernels
+from fastoptim.runners.compiled.cpu_codegen.kernel_source import (
+    CAN_REWRITE,
+    POINTER,
+    closing_brace,
+    indent,
+    rewritten_kernels,
+)
 
 _CAN_PATCH = CAN_REWRITE
 _STATEMENT = re.compile(r"^\s*auto (tmp\d+) = (.*);$")

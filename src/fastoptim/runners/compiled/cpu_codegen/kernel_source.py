@@ -11,7 +11,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
-from fastoptim.runners.attribute_patch import wrapped
+from fastoptim.runners.compiled.cpu_codegen.attribute_patch import wrapped
 
 try:
     from torch._inductor.codegen import cpp

@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import re
 
-from fastoptim.runners.kernel_source import (
+from fastoptim.runners.compiled.cpu_codegen.kernel_source import (
     CAN_REWRITE,
     POINTER,
     PREFIX_INCLUDE,

@@ -6,21 +6,21 @@ per step, as possible:
 
 * Contiguous tensors are passed as aliases of their memory: 1-D, so that a weight and a bias
   need the same graph, or, for optimizers that need each output channel
-  (:attr:`~fastoptim.Optimizer.NEEDS_SHAPES`, AdamP's projection), 2-D ``(size(0), -1)`` for
+  (rules that call ``ops.project``, AdamP's projection), 2-D ``(size(0), -1)`` for
   tensors of two or more dimensions, so that a linear and a convolution weight need the same
   graph. The alias is a detached view, which is not a view any more: dynamo guards on a view's
   base, which would again tell a flattened weight from a flattened bias.
 * Making an alias costs about 1 µs, checking one about 0.2 µs. The parameter, its states and
   its Kahan buffer live as long as the optimizer, so their aliases are kept and made again only
   when a tensor moved (``p.data = ...``, ``load_state_dict``). Gradients are usually new every
-  step and are aliased each time. (:mod:`~fastoptim.runners.compiled_chunks` keeps whole
+  step and are aliased each time. (:mod:`~fastoptim.runners.compiled.chunks` keeps whole
   buckets too, cut into chunks.)
 * The last chunk of a long bucket is filled up with :func:`padding` rows of two-element tensors
   (zeros at first, whatever the step makes of them later; their results are dropped), so a model
   of any size needs one graph, not one per chunk length.
 * Each row comes with its :data:`Layout`: the dtypes of its tensors and their rank when all of
   them are aliases of the parameter's shape with at least two elements along each dimension,
-  which is what a chunk called without dynamo (:mod:`~fastoptim.runners.compiled_direct`) is
+  which is what a chunk called without dynamo (``cpu_codegen.direct``) is
   specialised on.
 """
 
@@ -104,6 +104,11 @@ class Owned:
 _OWNED: weakref.WeakKeyDictionary[Any, dict[int, Owned]] = weakref.WeakKeyDictionary()
 #: Padding rows per layout (dtype, device and rank of each tensor of a row).
 _PADDING: dict[tuple[Any, ...], list[Row]] = {}
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a rule computes a ``dtype`` parameter's update in: float64 or float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def as_input(tensor: Tensor | None, keep_channels: bool) -> Tensor | None:

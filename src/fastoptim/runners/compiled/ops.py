@@ -206,9 +206,9 @@ class CompiledOps:
         dot, grad_sq = (g2 * p2).sum(dim=1), (g2 * g2).sum(dim=1)
         param_sq, radial = (p2 * p2).sum(dim=1), (p2 * u2).sum(dim=1)
         grad_norm, param_norm = grad_sq.sqrt(), param_sq.sqrt()
-        channel = (dot.abs() / (grad_norm.clamp_min(eps) * param_norm.clamp_min(eps))).max()
+        channel = (dot.abs() / (grad_norm.clamp(min=eps) * param_norm.clamp(min=eps))).max()
         layer_norm = param_sq.sum().sqrt()
-        layer = dot.sum().abs() / (grad_sq.sum().sqrt().clamp_min(eps) * layer_norm.clamp_min(eps))
+        layer = dot.sum().abs() / (grad_sq.sum().sqrt().clamp(min=eps) * layer_norm.clamp(min=eps))
         # cos < delta / sqrt(dim), squared: a square root of a symbolic size would specialise it
         square_delta = delta * delta
         by_channel = channel * channel * p2.size(1) < square_delta

@@ -31,11 +31,11 @@ still do not fuse, the split is undone.
 The patch is on a private class of torch. Where this torch's scheduler lacks it, nothing is
 changed and the phase simply stays two loops (and where it cannot split and restore loops, no
 loop is split). Inductor's on-disk cache does not see the patch, so the runner also passes
-:data:`CACHE_KEY`, a graph pass (:mod:`~fastoptim.runners.round_trips`, then
-:mod:`~fastoptim.runners.early_write_back`) whose identity is the hash of this file and those (and
-of :mod:`~fastoptim.runners.low_precision_codegen`'s, :mod:`~fastoptim.runners.loop_barriers`'s,
-:mod:`~fastoptim.runners.register_cascade`'s, :mod:`~fastoptim.runners.shared_region`'s,
-:mod:`~fastoptim.runners.loop_invariants`'s and :mod:`~fastoptim.runners.streaming_stores`'s):
+:data:`CACHE_KEY`, a graph pass (``cpu_codegen.round_trips``, then
+``cpu_codegen.early_write_back``) whose identity is the hash of this file and those (and
+of ``cpu_codegen.low_precision_codegen``'s, ``cpu_codegen.loop_barriers``'s,
+``cpu_codegen.register_cascade``'s, ``cpu_codegen.shared_region``'s,
+``cpu_codegen.loop_invariants``'s and ``cpu_codegen.streaming_stores``'s):
 graphs compiled with and without these changes never share a cache entry.
 """
 
@@ -47,7 +47,7 @@ from typing import Any
 
 from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
 
-from fastoptim.runners import (
+from fastoptim.runners.compiled.cpu_codegen import (
     early_write_back,
     kernel_source,
     loop_barriers,
@@ -58,15 +58,15 @@ from fastoptim.runners import (
     shared_region,
     streaming_stores,
 )
-from fastoptim.runners.attribute_patch import replaced
-from fastoptim.runners.early_write_back import write_back_early
-from fastoptim.runners.loop_barriers import barriers_where_needed
-from fastoptim.runners.loop_invariants import invariants_hoisted
-from fastoptim.runners.low_precision_codegen import low_precision_kernels
-from fastoptim.runners.register_cascade import sums_in_registers
-from fastoptim.runners.round_trips import drop_round_trips
-from fastoptim.runners.shared_region import reductions_in_one_region
-from fastoptim.runners.streaming_stores import streamed_stores
+from fastoptim.runners.compiled.cpu_codegen.attribute_patch import replaced
+from fastoptim.runners.compiled.cpu_codegen.early_write_back import write_back_early
+from fastoptim.runners.compiled.cpu_codegen.loop_barriers import barriers_where_needed
+from fastoptim.runners.compiled.cpu_codegen.loop_invariants import invariants_hoisted
+from fastoptim.runners.compiled.cpu_codegen.low_precision_codegen import low_precision_kernels
+from fastoptim.runners.compiled.cpu_codegen.register_cascade import sums_in_registers
+from fastoptim.runners.compiled.cpu_codegen.round_trips import drop_round_trips
+from fastoptim.runners.compiled.cpu_codegen.shared_region import reductions_in_one_region
+from fastoptim.runners.compiled.cpu_codegen.streaming_stores import streamed_stores
 
 try:
     from torch._inductor.codegen.cpp import CppScheduling
@@ -88,12 +88,12 @@ _CAN_SPLIT = (
 class _FusionCacheKey(CustomGraphPass):
     """The runner's post-grad pass: drops unchanged write-backs, then writes states back early.
 
-    See :func:`~fastoptim.runners.round_trips.drop_round_trips` and
-    :func:`~fastoptim.runners.early_write_back.write_back_early`; the uuid keys inductor's cache
-    on this module, those, :mod:`~fastoptim.runners.low_precision_codegen`,
-    :mod:`~fastoptim.runners.loop_barriers`, :mod:`~fastoptim.runners.register_cascade`,
-    :mod:`~fastoptim.runners.shared_region`, :mod:`~fastoptim.runners.loop_invariants` and
-    :mod:`~fastoptim.runners.streaming_stores` (patches of the CPU backend the cache does not see
+    See ``round_trips.drop_round_trips`` and
+    ``early_write_back.write_back_early``; the uuid keys inductor's cache
+    on this module, those, ``cpu_codegen.low_precision_codegen``,
+    ``cpu_codegen.loop_barriers``, ``cpu_codegen.register_cascade``,
+    ``cpu_codegen.shared_region``, ``cpu_codegen.loop_invariants`` and
+    ``cpu_codegen.streaming_stores`` (patches of the CPU backend the cache does not see
     either).
     """
 
@@ -228,12 +228,12 @@ def reduction_update_fusion() -> contextlib.AbstractContextManager[None]:
 def inductor_patches() -> Iterator[None]:
     """Every patch of inductor the runner's graphs compile under (:data:`CACHE_KEY` keys them).
 
-    :func:`reduction_update_fusion`, :func:`~fastoptim.runners.low_precision_codegen.low_precision_kernels`,
-    :func:`~fastoptim.runners.loop_barriers.barriers_where_needed`,
-    :func:`~fastoptim.runners.register_cascade.sums_in_registers`,
-    :func:`~fastoptim.runners.shared_region.reductions_in_one_region`,
-    :func:`~fastoptim.runners.loop_invariants.invariants_hoisted` and
-    :func:`~fastoptim.runners.streaming_stores.streamed_stores` (each of the last three wraps the
+    :func:`reduction_update_fusion`, ``low_precision_codegen.low_precision_kernels``,
+    ``loop_barriers.barriers_where_needed``,
+    ``register_cascade.sums_in_registers``,
+    ``shared_region.reductions_in_one_region``,
+    ``loop_invariants.invariants_hoisted`` and
+    ``streaming_stores.streamed_stores`` (each of the last three wraps the
     one before).
     """
     with (

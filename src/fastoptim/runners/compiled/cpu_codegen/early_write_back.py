@@ -28,7 +28,7 @@ from collections.abc import Callable
 import torch
 from torch import fx
 
-from fastoptim.runners.round_trips import meta_tensor
+from fastoptim.runners.compiled.cpu_codegen.round_trips import meta_tensor
 
 _COPY = torch.ops.aten.copy_.default
 #: Ops that read a tensor's metadata, not its data.

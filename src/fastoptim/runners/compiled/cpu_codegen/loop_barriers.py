@@ -24,8 +24,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from fastoptim.runners.attribute_patch import replaced
-from fastoptim.runners.kernel_source import indent
+from fastoptim.runners.compiled.cpu_codegen.attribute_patch import replaced
+from fastoptim.runners.compiled.cpu_codegen.kernel_source import indent
 
 try:
     from torch._inductor.codegen import cpp

@@ -1,0 +1,87 @@
+"""A group's step prepared for the runners: state initialised, step counted, parameters bucketed.
+
+Buckets group the parameters of one param group by (step, device, dtype, sparse gradient): the
+unit a runner works on, sharing one set of scalars.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor
+
+from fastoptim.precision import is_low_precision
+from fastoptim.runners import Bucket
+
+if TYPE_CHECKING:
+    from fastoptim.optimizer import Optimizer
+
+
+def prepare_buckets(
+    optimizer: Optimizer, group: dict[str, Any], params: list[Tensor], shared: dict[str, Any]
+) -> list[Bucket]:
+    """Checks gradients, initialises missing state, counts the step, buckets the parameters.
+
+    Args:
+        optimizer: The optimizer stepping.
+        group: The param group of ``params``.
+        params: Its parameters that have a gradient.
+        shared: The step's :meth:`~fastoptim.Optimizer.global_scalars`.
+    """
+    if optimizer.SPARSE_STATE_KEYS is None and any(p.grad.is_sparse for p in params):
+        raise RuntimeError(f"{type(optimizer).__name__} does not support sparse gradients")
+    lr = float(group["lr"])
+    dense_keys = optimizer.state_keys(group)
+    kahan_allowed = group["kahan_sum"] is not False
+    buckets: dict[tuple[int, torch.device, torch.dtype, bool], Bucket] = {}
+    for p in params:
+        sparse = p.grad.is_sparse
+        keys = (*dense_keys, *optimizer.SPARSE_STATE_KEYS) if sparse else dense_keys
+        state = optimizer.state[p]
+        for key in keys:
+            if key not in state:
+                state[key] = optimizer.init_state(group, p, key)
+        step = state["step"] = state.get("step", 0) + 1
+        bucket = buckets.get((step, p.device, p.dtype, sparse))
+        if bucket is None:
+            bucket = _new_bucket(optimizer, group, step, lr, p, len(keys), kahan_allowed, shared)
+            buckets[(step, p.device, p.dtype, sparse)] = bucket
+        bucket.params.append(p)
+        bucket.grads.append(p.grad)
+        for column, key in zip(bucket.states, keys, strict=True):
+            column.append(state[key])
+        if bucket.kahan_comps is not None:
+            if "kahan_comp" not in state:
+                state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            bucket.kahan_comps.append(state["kahan_comp"])
+    return list(buckets.values())
+
+
+def _new_bucket(
+    optimizer: Optimizer,
+    group: dict[str, Any],
+    step: int,
+    lr: float,
+    p: Tensor,
+    n_states: int,
+    kahan_allowed: bool,
+    shared: dict[str, Any],
+) -> Bucket:
+    low_precision = is_low_precision(p.dtype)
+    sparse = p.grad.is_sparse
+    l2, decay_rate = optimizer.weight_decay_terms(group, lr)
+    if sparse:
+        l2 = 0.0
+    scalars = SimpleNamespace(lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision)
+    scalars.__dict__.update(shared)
+    scalars.__dict__.update(optimizer.scalars(group, step, lr))
+    return Bucket(
+        device=p.device,
+        dtype=p.dtype,
+        scalars=scalars,
+        states=[[] for _ in range(n_states)],
+        kahan_comps=[] if low_precision and kahan_allowed else None,
+        sparse=sparse,
+    )

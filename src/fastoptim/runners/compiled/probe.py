@@ -1,0 +1,101 @@
+"""What the compiled runner learns about a rule by running it once on meta tensors.
+
+The compiled runner passes tensors flattened, so that one graph serves every shape, unless the
+rule needs each output channel; and the CPU plugin gives a scratch buffer to rules that store an
+update they read twice. Neither is a flag on the algorithm: both are read off the rule, run once
+per optimizer class and phase on meta tensors shaped like a bucket's first row (no memory, no
+arithmetic), with :class:`~fastoptim.runners.compiled.ops.CompiledOps` recording the primitives
+the rule calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fastoptim.runners.apply import Apply
+from fastoptim.runners.compiled.ops import CompiledOps
+
+
+@dataclass(frozen=True)
+class RuleTraits:
+    """What the runner needs to know of a rule.
+
+    Attributes:
+        channels: The rule calls ``ops.project`` (AdamP, SGDP): weights are passed as
+            ``(size(0), -1)`` channel views instead of flat.
+        stages_update: The rule takes an optional last state and returns a value for it (AdamP:
+            its unprojected update), which a runner may keep in a scratch buffer.
+    """
+
+    channels: bool
+    stages_update: bool
+
+
+class _Recording:
+    """:class:`CompiledOps` that notes which primitives are looked up."""
+
+    def __init__(self) -> None:
+        self.called: set[str] = set()
+
+    def __getattr__(self, name: str) -> Any:
+        self.called.add(name)
+        return getattr(CompiledOps, name)
+
+
+_TRAITS: dict[tuple[type, Apply], RuleTraits] = {}
+
+
+def _meta(tensor: Tensor | None, shape: tuple[int, ...] | None = None) -> Tensor | None:
+    if tensor is None:
+        return None
+    return torch.empty(tensor.shape if shape is None else shape, dtype=tensor.dtype, device="meta")
+
+
+def _runs(
+    apply: Apply, algorithm: Any, row: tuple[Any, ...], extra: Tensor | None, scalars: Any
+) -> set[str] | None:
+    """The primitives ``apply`` calls on ``row`` (with ``extra`` as one more state); None if it fails."""
+    param, grad, states, comp = row
+    ops = _Recording()
+    states = (*states, extra) if extra is not None else states
+    try:
+        with torch.no_grad():
+            apply(algorithm, ops, param, grad, states, comp, scalars, True)
+    except (ValueError, TypeError, IndexError, RuntimeError, NotImplementedError):
+        return None
+    return ops.called
+
+
+def rule_traits(algorithm: Any, apply: Apply, row: tuple[Any, ...], scalars: SimpleNamespace) -> RuleTraits:
+    """The traits of ``algorithm``'s ``apply`` (cached per class and phase).
+
+    Args:
+        algorithm: The optimizer (or the runner's bare instance of its class).
+        apply: The phase being run (the rule, or a reducing algorithm's phase).
+        row: A representative ``(param, grad, states, kahan_comp)``; only shapes and dtypes are used.
+        scalars: The step's scalars (only their types matter).
+    """
+    key = (type(algorithm), apply)
+    traits = _TRAITS.get(key)
+    if traits is not None:
+        return traits
+    param, grad, states, comp = row
+    shape = (2, 3) if param.dim() >= 2 else (3,)
+    same = [t is not None and t.shape == param.shape for t in states]
+    meta_row = (
+        _meta(param, shape),
+        _meta(grad, shape),
+        tuple(_meta(t, shape if alike else None) for t, alike in zip(states, same, strict=True)),
+        _meta(comp, shape),
+    )
+    called = _runs(apply, algorithm, meta_row, None, scalars)
+    channels = True if called is None else "project" in called  # unknown: keep shapes, always right
+    scratch = torch.empty(shape, dtype=torch.float32, device="meta")
+    stages = channels and _runs(apply, algorithm, meta_row, scratch, scalars) is not None
+    traits = _TRAITS[key] = RuleTraits(channels=channels, stages_update=stages)
+    return traits
