@@ -10,11 +10,11 @@ larger than the L3 cache is written, so that both start from cold caches.
 
 Usage::
 
-    python benchmarks/patch_ab.py --patch register_cascade --algorithms dadapt_sgd prodigy
+    python benchmarks/patch_ab.py --patch streaming_stores --algorithms dadapt_sgd dadapt_adagrad
     python benchmarks/patch_ab.py --patch loop_barriers --algorithms lion --tensors 1000
 
-Patches: ``register_cascade`` (float32 cascade sums in registers), ``loop_barriers`` (``nowait``
-loops and explicit barriers), ``shared_region`` (a kernel's parallel reductions in one region),
+Patches: ``loop_barriers`` (``nowait`` loops and explicit barriers), ``shared_region`` (a kernel's
+parallel reductions in one region),
 ``loop_invariants`` (scalar work the same in every iteration done once before the loop),
 ``streaming_stores`` (stores to memory a kernel never reads around the caches).
 """
@@ -34,17 +34,15 @@ from fastoptim.runners.compiled.cpu_codegen import (
     direct,
     loop_barriers,
     loop_invariants,
-    register_cascade,
     shared_region,
     streaming_stores,
 )
 
 #: Module whose ``_CAN_PATCH`` switches each patch.
 PATCHES = {
-    "register_cascade": register_cascade,
     "loop_barriers": loop_barriers,
-    "shared_region": shared_region,
     "loop_invariants": loop_invariants,
+    "shared_region": shared_region,
     "streaming_stores": streaming_stores,
 }
 

@@ -34,8 +34,8 @@ loop is split). Inductor's on-disk cache does not see the patch, so the runner a
 :data:`CACHE_KEY`, a graph pass (``cpu_codegen.round_trips``, then
 ``cpu_codegen.early_write_back``) whose identity is the hash of this file and those (and
 of ``cpu_codegen.low_precision_codegen``'s, ``cpu_codegen.loop_barriers``'s,
-``cpu_codegen.register_cascade``'s, ``cpu_codegen.shared_region``'s,
-``cpu_codegen.loop_invariants``'s and ``cpu_codegen.streaming_stores``'s):
+``cpu_codegen.shared_region``'s, ``cpu_codegen.loop_invariants``'s and
+``cpu_codegen.streaming_stores``'s):
 graphs compiled with and without these changes never share a cache entry.
 """
 
@@ -53,7 +53,6 @@ from fastoptim.runners.compiled.cpu_codegen import (
     loop_barriers,
     loop_invariants,
     low_precision_codegen,
-    register_cascade,
     round_trips,
     shared_region,
     streaming_stores,
@@ -63,7 +62,6 @@ from fastoptim.runners.compiled.cpu_codegen.early_write_back import write_back_e
 from fastoptim.runners.compiled.cpu_codegen.loop_barriers import barriers_where_needed
 from fastoptim.runners.compiled.cpu_codegen.loop_invariants import invariants_hoisted
 from fastoptim.runners.compiled.cpu_codegen.low_precision_codegen import low_precision_kernels
-from fastoptim.runners.compiled.cpu_codegen.register_cascade import sums_in_registers
 from fastoptim.runners.compiled.cpu_codegen.round_trips import drop_round_trips
 from fastoptim.runners.compiled.cpu_codegen.shared_region import reductions_in_one_region
 from fastoptim.runners.compiled.cpu_codegen.streaming_stores import streamed_stores
@@ -91,8 +89,7 @@ class _FusionCacheKey(CustomGraphPass):
     See ``round_trips.drop_round_trips`` and
     ``early_write_back.write_back_early``; the uuid keys inductor's cache
     on this module, those, ``cpu_codegen.low_precision_codegen``,
-    ``cpu_codegen.loop_barriers``, ``cpu_codegen.register_cascade``,
-    ``cpu_codegen.shared_region``, ``cpu_codegen.loop_invariants`` and
+    ``cpu_codegen.loop_barriers``, ``cpu_codegen.shared_region``, ``cpu_codegen.loop_invariants`` and
     ``cpu_codegen.streaming_stores`` (patches of the CPU backend the cache does not see
     either).
     """
@@ -105,10 +102,9 @@ class _FusionCacheKey(CustomGraphPass):
         modules = (
             early_write_back,
             round_trips,
+            shared_region,
             low_precision_codegen,
             loop_barriers,
-            register_cascade,
-            shared_region,
             loop_invariants,
             streaming_stores,
             kernel_source,
@@ -230,17 +226,14 @@ def inductor_patches() -> Iterator[None]:
 
     :func:`reduction_update_fusion`, ``low_precision_codegen.low_precision_kernels``,
     ``loop_barriers.barriers_where_needed``,
-    ``register_cascade.sums_in_registers``,
     ``shared_region.reductions_in_one_region``,
     ``loop_invariants.invariants_hoisted`` and
-    ``streaming_stores.streamed_stores`` (each of the last three wraps the
-    one before).
+    ``streaming_stores.streamed_stores`` (each of the last three wraps the one before).
     """
     with (
         reduction_update_fusion(),
         low_precision_kernels(),
         barriers_where_needed(),
-        sums_in_registers(),
         reductions_in_one_region(),
         invariants_hoisted(),
         streamed_stores(),
