@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 import fastoptim
+import fastoptim.runners
 from tests.reference import (
     lion_pytorch_lion,
     official_adamp,
@@ -280,6 +281,20 @@ DADAPT_CASES = [
     ),
     ("dadapt_adagrad", "DAdaptAdaGrad", dict(lr=1.0, d0=1e-3)),
     ("dadapt_adagrad_momentum_wd", "DAdaptAdaGrad", dict(lr=1.0, momentum=0.9, weight_decay=0.01, d0=1e-3)),
+    ("dadapt_sgd", "DAdaptSGD", dict(lr=1.0, d0=1e-3)),
+    (
+        "dadapt_sgd_momentum_wd_growth",
+        "DAdaptSGD",
+        dict(lr=1.0, momentum=0.9, weight_decay=0.01, growth_rate=1.5, d0=1e-3),
+    ),
+    ("dadapt_lion", "DAdaptLion", dict(lr=1.0)),
+    ("dadapt_lion_wd_betas", "DAdaptLion", dict(lr=1.0, betas=(0.95, 0.98), weight_decay=0.1, d0=1e-4)),
+    ("dadapt_adan", "DAdaptAdan", dict(lr=1.0)),
+    (
+        "dadapt_adan_no_prox_growth",
+        "DAdaptAdan",
+        dict(lr=1.0, weight_decay=0.05, no_prox=True, growth_rate=2.0, d0=1e-5, betas=(0.9, 0.9, 0.99)),
+    ),
 ]
 CASES += [
     Case(
@@ -294,5 +309,33 @@ CASES += [
 ]
 
 CASES_BY_NAME = {case.name: case for case in CASES}
+
+#: Every concrete backend a case runs on ("auto" only chooses among these).
+BACKENDS: tuple[str, ...] = tuple(backend for backend in fastoptim.runners.BACKENDS if backend != "auto")
+#: Backends that compile each configuration before its first step: on 2 CPU cores, seconds per
+#: optimizer class and dtype, which every case on every dtype would turn into many minutes per file.
+COMPILING_BACKENDS = ("compiled",)
+#: The first case of each optimizer class: every rule, without every configuration of it.
+REPRESENTATIVE_CASES = [
+    case for i, case in enumerate(CASES) if all(other.optimizer is not case.optimizer for other in CASES[:i])
+]
+#: The dtypes a compiling backend runs the representative cases in. The compiled backend's bf16
+#: and fp16 steps are compared with the loop's in tests/test_compiled.py and test_compiled_cuda.py.
+COMPILING_DTYPES = (torch.float32,)
+
+
+def backend_variants(cases: list[Case], dtype: torch.dtype = torch.float32) -> list[tuple[Case, str]]:
+    """``(case, backend)`` for the backends of :data:`BACKENDS` the harness runs ``cases`` on in
+    ``dtype``: every case on the eager backends; a compiling backend on the cases among
+    :data:`REPRESENTATIVE_CASES` in :data:`COMPILING_DTYPES` only. For tests that step each variant."""
+    representative = {case.name for case in REPRESENTATIVE_CASES}
+    return [
+        (case, backend)
+        for case in cases
+        for backend in BACKENDS
+        if backend not in COMPILING_BACKENDS or (case.name in representative and dtype in COMPILING_DTYPES)
+    ]
+
+
 LOW_PRECISION_CASES = [case for case in CASES if case.low_precision_reason is None]
 REFERENCE_RUNS = [(case, reference) for case in CASES for reference in sorted(case.references)]

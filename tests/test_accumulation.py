@@ -6,14 +6,14 @@ import pytest
 import torch
 
 import fastoptim
-from tests.cases import CASES, Case
+from tests.cases import BACKENDS, CASES, Case, backend_variants
 from tests.problems import loss_fn, make_batches, make_model, params_of, twin
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_accumulation_steps_update_states_only(case: Case) -> None:
+@pytest.mark.parametrize(("case", "backend"), backend_variants(CASES), ids=str)
+def test_accumulation_steps_update_states_only(case: Case, backend: str) -> None:
     model = make_model()
-    optimizer = case.build(model.parameters())
+    optimizer = case.build(model.parameters(), backend=backend)
     before = params_of(model)
     optimizer.optimizer_accumulation = True
     for batch in make_batches(3):
@@ -50,8 +50,9 @@ def _manual_adam_with_accumulation(init, grads, accumulate, lr, betas, eps):
     return param
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("gradient_release", [False, True])
-def test_accumulation_matches_definition(gradient_release: bool) -> None:
+def test_accumulation_matches_definition(gradient_release: bool, backend: str) -> None:
     torch.manual_seed(3)
     init = torch.randn(5, 4, dtype=torch.float64)
     grads = [torch.randn(5, 4, dtype=torch.float64) for _ in range(8)]
@@ -59,7 +60,9 @@ def test_accumulation_matches_definition(gradient_release: bool) -> None:
     model = torch.nn.Linear(4, 5, bias=False).double()
     with torch.no_grad():
         model.weight.copy_(init)
-    optimizer = fastoptim.Adam(model.parameters(), lr=1e-2, gradient_release=gradient_release)
+    optimizer = fastoptim.Adam(
+        model.parameters(), lr=1e-2, gradient_release=gradient_release, backend=backend
+    )
     if gradient_release:
         fastoptim.prepare_for_gradient_release(model, optimizer)
     x = torch.eye(4, dtype=torch.float64)

@@ -17,18 +17,48 @@ def test_version_and_exports() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_lr_as_tensor_equals_float(case: Case) -> None:
+def test_lr_as_float32_tensor_equals_float(case: Case) -> None:
     base = make_model()
     batches = make_batches(5)
     as_float, as_tensor = twin(base), twin(base)
     lr = case.kwargs["lr"]
     train(as_float, case.build(as_float.parameters()), batches)
-    float32_tensor = twin(base)
-    train(as_tensor, case.build(as_tensor.parameters(), lr=torch.tensor(lr, dtype=torch.float64)), batches)
-    train(float32_tensor, case.build(float32_tensor.parameters(), lr=torch.tensor(lr)), batches)
-    for a, b, c in zip(params_of(as_float), params_of(as_tensor), params_of(float32_tensor), strict=True):
+    train(as_tensor, case.build(as_tensor.parameters(), lr=torch.tensor(lr)), batches)
+    for a, b in zip(params_of(as_float), params_of(as_tensor), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+#: Learning-rate multipliers, one per step, that go down and up again.
+LR_FACTORS = (1.0, 0.3, 0.7, 0.1, 0.5, 0.9)
+
+
+def _scheduled_run(case: Case, base: torch.nn.Module, lr: float | torch.Tensor, schedule: bool):
+    model = twin(base)
+    optimizer = case.build(model.parameters(), lr=lr)
+    scheduler = None
+    if schedule:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: LR_FACTORS[t % len(LR_FACTORS)])
+    train(model, optimizer, make_batches(len(LR_FACTORS)), scheduler)
+    return params_of(model), optimizer
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_lr_tensor_changed_in_place_is_read_at_every_step(case: Case) -> None:
+    """torch's schedulers write a tensor lr in place (``fill_``), as some training loops do: each
+    step must read the tensor's current value. The float64 tensor holds the float schedule's
+    values exactly, so the two runs are equal bit for bit."""
+    base = make_model()
+    lr = case.kwargs["lr"]
+    floats, _ = _scheduled_run(case, base, lr, schedule=True)
+    lr_tensor = torch.tensor(lr, dtype=torch.float64)
+    tensors, optimizer = _scheduled_run(case, base, lr_tensor, schedule=True)
+    # the group holds the tensor, as in torch.optim, so the scheduler wrote the new values into it
+    assert optimizer.param_groups[0]["lr"] is lr_tensor
+    for a, b in zip(floats, tensors, strict=True):
         assert torch.equal(a, b)
-        torch.testing.assert_close(a, c, atol=1e-6, rtol=1e-5)
+    # An lr read once (or ignored for the default) would give the constant-lr run: it differs.
+    constant, _ = _scheduled_run(case, base, lr, schedule=False)
+    assert any(not torch.equal(a, b) for a, b in zip(floats, constant, strict=True))
 
 
 SCHEDULERS = {

