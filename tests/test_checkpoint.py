@@ -7,7 +7,9 @@ import io
 import pytest
 import torch
 
-from tests.cases import CASES, COMPILING_BACKENDS, Case, backend_variants
+import fastoptim
+from fastoptim.reduction import ONE_PASS_KEY
+from tests.cases import CASES, Case, backend_variants
 from tests.problems import make_batches, make_model, params_of, train, twin
 
 N, M = 5, 5
@@ -35,24 +37,8 @@ def _resumes() -> list[tuple[Case, torch.dtype, str, str]]:
     return runs
 
 
-def _known_compiled_one_pass_deviation(case: Case, dtype: torch.dtype, save: str, load: str) -> bool:
-    """A resumed ONE_PASS optimizer (the D-Adaptation ones) has no record that its last reduction was
-    informative (load_state_dict resets it, and the states are new tensors), so its first step after
-    the resume runs the reduction and the update as two passes where the uninterrupted run fuses
-    them into one. The loop runner's two passes equal its one pass bit for bit; the compiled
-    runner's round differently (about 1e-7 in float32; bf16 rounds the difference away on this
-    problem), which docs/features/checkpoints.md does not allow: a bug to fix, not a tolerance."""
-    compiled = save == load and save in COMPILING_BACKENDS
-    return compiled and getattr(case.optimizer, "ONE_PASS", False) and dtype == torch.float32
-
-
 @pytest.mark.parametrize(("case", "dtype", "save_backend", "load_backend"), _resumes(), ids=str)
-def test_resume_is_identical(
-    case: Case, dtype: torch.dtype, save_backend: str, load_backend: str, request: pytest.FixtureRequest
-) -> None:
-    if _known_compiled_one_pass_deviation(case, dtype, save_backend, load_backend):
-        reason = "compiled ONE_PASS resume is not bit for bit (see _known_compiled_one_pass_deviation)"
-        request.applymarker(pytest.mark.xfail(raises=AssertionError, strict=True, reason=reason))
+def test_resume_is_identical(case: Case, dtype: torch.dtype, save_backend: str, load_backend: str) -> None:
     base = make_model(dtype)
     batches = make_batches(N + M, dtype)
     uninterrupted = twin(base)
@@ -90,3 +76,26 @@ def test_state_dict_layout() -> None:
     assert first["step"] == 2
     assert set(first) == {"step", "exp_avg", "exp_avg_sq"}
     assert "backend" not in state["param_groups"][0]
+
+
+def test_a_resumed_one_pass_optimizer_steps_in_one_pass_until_its_states_change(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The checkpoint says the last reduction was informative; a state touched after loading voids it."""
+    one_pass = fastoptim.reduction.apply_one_pass
+    calls: list[int] = []
+    counted = lambda *args: calls.append(1) or one_pass(*args)  # noqa: E731
+    monkeypatch.setattr(fastoptim.reduction, "apply_one_pass", counted)
+    model = make_model()
+    optimizer = fastoptim.DAdaptSGD(model.parameters(), backend="loop")
+    train(model, optimizer, make_batches(3))
+    saved = _roundtrip(optimizer.state_dict())
+    assert ONE_PASS_KEY in saved
+    for touch in (False, True):
+        resumed = fastoptim.DAdaptSGD(model.parameters(), backend="loop")
+        resumed.load_state_dict(saved)
+        if touch:
+            next(iter(resumed.state.values()))["s"].mul_(1.0)
+        calls.clear()
+        train(model, resumed, make_batches(1))
+        assert bool(calls) is not touch

@@ -31,7 +31,7 @@ from torch import Tensor
 from fastoptim import runners
 from fastoptim.bucketing import prepare_buckets
 from fastoptim.gradient_release import release_step
-from fastoptim.reduction import reduce_and_update
+from fastoptim.reduction import ONE_PASS_KEY, informative_record, reduce_and_update, restore_record
 from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
 from fastoptim.runners.apply import apply_rule
 from fastoptim.runners.ops import Workspace
@@ -324,6 +324,19 @@ class Optimizer(torch.optim.Optimizer):
         """Steps one parameter and frees its gradient (see :mod:`fastoptim.gradient_release`)."""
         release_step(self, param)
 
+    def state_dict(self) -> dict[str, Any]:
+        """``torch.optim.Optimizer.state_dict()``, plus what a one-pass step needs to resume.
+
+        For :attr:`ONE_PASS` algorithms whose last reduction was informative, the entry
+        :data:`~fastoptim.reduction.ONE_PASS_KEY` names the parameters it summed over, so that the
+        resumed run's next step is the same one pass the uninterrupted run makes.
+        """
+        state_dict = super().state_dict()
+        record = informative_record(self)
+        if record is not None:
+            state_dict[ONE_PASS_KEY] = record
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Loads a ``state_dict()`` as ``torch.optim.Optimizer.load_state_dict`` does.
 
@@ -331,9 +344,11 @@ class Optimizer(torch.optim.Optimizer):
         with them, so that their memory is freed now, not at the next step (a resumed run would
         otherwise hold two copies of the optimizer's state through its first forward and backward).
         """
+        state_dict = dict(state_dict)
+        record = state_dict.pop(ONE_PASS_KEY, None)
         super().load_state_dict(state_dict)
         runners.forget(self)
-        self._informative_reduction = None  # the next reduction starts afresh (ONE_PASS)
+        restore_record(self, record)
 
     def __getstate__(self) -> dict[str, Any]:
         kept = ("backend", "gradient_release", "optimizer_accumulation", *self.PICKLED_ATTRIBUTES)

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
 
 #: A tensor's version counter (bumped by every in-place change).
 _VERSION = operator.attrgetter("_version")
+#: The ``state_dict()`` entry that carries a one-pass step across a checkpoint: per group, its
+#: index, how it counted, and the positions of the parameters the last informative reduction
+#: summed over (see :func:`informative_record`).
+ONE_PASS_KEY = "fastoptim_one_pass"
 
 
 @dataclass(frozen=True)
@@ -123,6 +127,24 @@ def reduce_and_update(optimizer: Optimizer, plans: list[Plan], update_params: bo
     optimizer._informative_reduction = reduction_inputs(optimizer, plans) if informative else None
 
 
+def _watched(optimizer: Optimizer, group: dict[str, Any]) -> list[int]:
+    """The positions in ``state_keys(group)`` of the states whose changes are watched."""
+    keys = optimizer.state_keys(group)
+    if optimizer.REDUCTION_STATE_KEYS is None:
+        return list(range(len(keys)))
+    return [keys.index(key) for key in optimizer.REDUCTION_STATE_KEYS]
+
+
+def _inputs(
+    optimizer: Optimizer, group: dict[str, Any], buckets: list[list[list[Tensor]]]
+) -> tuple[Any, ...]:
+    """One group's entry of :func:`reduction_inputs`, from its buckets' state columns."""
+    watched = _watched(optimizer, group)
+    states = list(chain.from_iterable(columns[index] for columns in buckets for index in watched))
+    versions = tuple(map(_VERSION, states))
+    return (id(group), optimizer.counts_in_reduction(group), tuple(map(id, states)), versions)
+
+
 def reduction_inputs(optimizer: Optimizer, plans: list[Plan]) -> tuple[Any, ...]:
     """What the reduction sums over: groups, how they count, their parameters' states.
 
@@ -130,15 +152,67 @@ def reduction_inputs(optimizer: Optimizer, plans: list[Plan]) -> tuple[Any, ...]
     (:attr:`~fastoptim.Optimizer.REDUCTION_STATE_KEYS` of them): which tensors, and their
     version counters (in-place changes such as ``restart_opt`` bump them).
     """
+    return tuple(_inputs(optimizer, group, [bucket.states for bucket in buckets]) for group, buckets in plans)
+
+
+def informative_record(optimizer: Optimizer) -> list[dict[str, Any]] | None:
+    """The last informative reduction by group and parameter position, for a checkpoint.
+
+    None unless the optimizer is :attr:`~fastoptim.Optimizer.ONE_PASS`, its last reduction was
+    informative, and the states it summed over are as it left it (the next step would be one pass).
+    """
+    last = optimizer._informative_reduction
+    if not optimizer.ONE_PASS or last is None:
+        return None
+    groups = {id(group): (index, group) for index, group in enumerate(optimizer.param_groups)}
+    record = []
+    for group_id, counts, state_ids, versions in last:
+        if group_id not in groups:
+            return None
+        index, group = groups[group_id]
+        keys = optimizer.state_keys(group)
+        owner = {}
+        for position, param in enumerate(group["params"]):
+            state = optimizer.state.get(param, {})
+            for slot in _watched(optimizer, group):
+                if keys[slot] in state:
+                    owner[id(state[keys[slot]])] = (position, state[keys[slot]])
+        found = [owner.get(state_id) for state_id in state_ids]
+        if any(item is None for item in found) or tuple(t._version for _, t in found) != versions:
+            return None
+        positions = sorted({position for position, _ in found})
+        record.append({"group": index, "counts": counts, "params": positions})
+    return record
+
+
+def restore_record(optimizer: Optimizer, record: list[dict[str, Any]] | None) -> None:
+    """After ``load_state_dict``: the loaded states stand for the last informative reduction.
+
+    Rebuilds :func:`reduction_inputs` as the next step will compute it (its parameters bucketed
+    by next step, device and dtype, in group order) from :func:`informative_record`'s entry, so
+    that the resumed run's next step is one pass exactly when the uninterrupted run's is. Anything
+    that does not fit (another optimizer's groups, a missing state) leaves the next step two-pass,
+    which is always correct.
+    """
+    optimizer._informative_reduction = None
+    if not optimizer.ONE_PASS or not record:
+        return
     inputs = []
-    for group, buckets in plans:
-        if optimizer.REDUCTION_STATE_KEYS is None:
-            columns = [column for bucket in buckets for column in bucket.states]
-        else:
+    try:
+        for item in record:
+            group = optimizer.param_groups[item["group"]]
+            if optimizer.counts_in_reduction(group) != item["counts"]:
+                return
             keys = optimizer.state_keys(group)
-            watched = [keys.index(key) for key in optimizer.REDUCTION_STATE_KEYS]
-            columns = [bucket.states[index] for bucket in buckets for index in watched]
-        states = list(chain.from_iterable(columns))
-        versions = tuple(map(_VERSION, states))
-        inputs.append((id(group), optimizer.counts_in_reduction(group), tuple(map(id, states)), versions))
-    return tuple(inputs)
+            buckets: dict[tuple[Any, ...], list[list[Tensor]]] = {}
+            for position in item["params"]:
+                param = group["params"][position]
+                state = optimizer.state[param]
+                key = (int(state["step"]) + 1, param.device, param.dtype)
+                columns = buckets.setdefault(key, [[] for _ in keys])
+                for column, name in zip(columns, keys, strict=True):
+                    column.append(state[name])
+            inputs.append(_inputs(optimizer, group, list(buckets.values())))
+    except (KeyError, IndexError, TypeError, ValueError):
+        return
+    optimizer._informative_reduction = tuple(inputs)
