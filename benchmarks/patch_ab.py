@@ -11,10 +11,9 @@ larger than the L3 cache is written, so that both start from cold caches.
 Usage::
 
     python benchmarks/patch_ab.py --patch streaming_stores --algorithms dadapt_sgd dadapt_adagrad
-    python benchmarks/patch_ab.py --patch loop_barriers --algorithms lion --tensors 1000
+    python benchmarks/patch_ab.py --patch shared_region --algorithms dadapt_sgd --tensors 1000
 
-Patches: ``loop_barriers`` (``nowait`` loops and explicit barriers), ``shared_region`` (a kernel's
-parallel reductions in one region),
+Patches: ``shared_region`` (a kernel's parallel reductions in one region),
 ``loop_invariants`` (scalar work the same in every iteration done once before the loop),
 ``streaming_stores`` (stores to memory a kernel never reads around the caches).
 """
@@ -32,7 +31,6 @@ import fastoptim
 from fastoptim.bench.speed import make_params
 from fastoptim.runners.compiled.cpu_codegen import (
     direct,
-    loop_barriers,
     loop_invariants,
     shared_region,
     streaming_stores,
@@ -40,7 +38,6 @@ from fastoptim.runners.compiled.cpu_codegen import (
 
 #: Module whose ``_CAN_PATCH`` switches each patch.
 PATCHES = {
-    "loop_barriers": loop_barriers,
     "loop_invariants": loop_invariants,
     "shared_region": shared_region,
     "streaming_stores": streaming_stores,

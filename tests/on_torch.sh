@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The compiled-backend, checkpoint and reference tests on another torch release, in a venv of its
-# own (.venv-torch-VERSION, reused when present). A release joins
-# fastoptim.runners.compiled.cpu_codegen.TESTED_TORCH only once CI runs this on it.
+# own (.venv-torch-VERSION, reused when present). CI runs it on every release in
+# fastoptim.runners.compiled.cpu_codegen.TESTED_TORCH but the one the main suite installs.
 #   usage: bash tests/on_torch.sh 2.14.1
 set -euo pipefail
 cd "$(dirname "$0")/.."

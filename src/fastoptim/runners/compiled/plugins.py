@@ -57,13 +57,6 @@ def register(plugin: Plugin) -> None:
     _PLUGINS.append(plugin)
 
 
-def unregister(name: str) -> Plugin | None:
-    """Removes the plugin called ``name`` and returns it (None when there is none)."""
-    found = next((p for p in _PLUGINS if p.name == name), None)
-    _PLUGINS[:] = [p for p in _PLUGINS if p.name != name]
-    return found
-
-
 def plugin_for(device: torch.device) -> Plugin | None:
     """The last registered plugin that applies to ``device``, or None."""
     for plugin in reversed(_PLUGINS):

@@ -152,7 +152,7 @@ def _compiled_step(plugin: Plugin | None) -> Any:
 
 def compile_disabled() -> bool:
     """Whether ``torch.compile`` is switched off (``TORCH_COMPILE_DISABLE=1``): chunks run eagerly."""
-    return bool(torch._dynamo.config.disable)
+    return bool(getattr(torch._dynamo.config, "disable", False))
 
 
 def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:

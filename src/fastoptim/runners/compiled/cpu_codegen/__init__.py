@@ -30,7 +30,7 @@ import torch
 from fastoptim.runners.compiled.plugins import Plugin, register
 
 #: Torch releases this plugin is enabled on: those CI tests it on.
-TESTED_TORCH = ("2.13.0",)
+TESTED_TORCH = ("2.13.0", "2.14.1")
 #: Set to ``0`` to run the core compiled runner alone.
 SWITCH = "FASTOPTIM_CPU_CODEGEN"
 

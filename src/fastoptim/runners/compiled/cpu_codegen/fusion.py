@@ -33,7 +33,7 @@ changed and the phase simply stays two loops (and where it cannot split and rest
 loop is split). Inductor's on-disk cache does not see the patch, so the runner also passes
 :data:`CACHE_KEY`, a graph pass (``cpu_codegen.round_trips``, then
 ``cpu_codegen.early_write_back``) whose identity is the hash of this file and those (and
-of ``cpu_codegen.low_precision_codegen``'s, ``cpu_codegen.loop_barriers``'s,
+of ``cpu_codegen.low_precision_codegen``'s,
 ``cpu_codegen.shared_region``'s, ``cpu_codegen.loop_invariants``'s and
 ``cpu_codegen.streaming_stores``'s):
 graphs compiled with and without these changes never share a cache entry.
@@ -50,7 +50,6 @@ from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_file
 from fastoptim.runners.compiled.cpu_codegen import (
     early_write_back,
     kernel_source,
-    loop_barriers,
     loop_invariants,
     low_precision_codegen,
     round_trips,
@@ -59,7 +58,6 @@ from fastoptim.runners.compiled.cpu_codegen import (
 )
 from fastoptim.runners.compiled.cpu_codegen.attribute_patch import replaced
 from fastoptim.runners.compiled.cpu_codegen.early_write_back import write_back_early
-from fastoptim.runners.compiled.cpu_codegen.loop_barriers import barriers_where_needed
 from fastoptim.runners.compiled.cpu_codegen.loop_invariants import invariants_hoisted
 from fastoptim.runners.compiled.cpu_codegen.low_precision_codegen import low_precision_kernels
 from fastoptim.runners.compiled.cpu_codegen.round_trips import drop_round_trips
@@ -89,7 +87,7 @@ class _FusionCacheKey(CustomGraphPass):
     See ``round_trips.drop_round_trips`` and
     ``early_write_back.write_back_early``; the uuid keys inductor's cache
     on this module, those, ``cpu_codegen.low_precision_codegen``,
-    ``cpu_codegen.loop_barriers``, ``cpu_codegen.shared_region``, ``cpu_codegen.loop_invariants`` and
+    ``cpu_codegen.shared_region``, ``cpu_codegen.loop_invariants`` and
     ``cpu_codegen.streaming_stores`` (patches of the CPU backend the cache does not see
     either).
     """
@@ -104,7 +102,6 @@ class _FusionCacheKey(CustomGraphPass):
             round_trips,
             shared_region,
             low_precision_codegen,
-            loop_barriers,
             loop_invariants,
             streaming_stores,
             kernel_source,
@@ -225,7 +222,6 @@ def inductor_patches() -> Iterator[None]:
     """Every patch of inductor the runner's graphs compile under (:data:`CACHE_KEY` keys them).
 
     :func:`reduction_update_fusion`, ``low_precision_codegen.low_precision_kernels``,
-    ``loop_barriers.barriers_where_needed``,
     ``shared_region.reductions_in_one_region``,
     ``loop_invariants.invariants_hoisted`` and
     ``streaming_stores.streamed_stores`` (each of the last three wraps the one before).
@@ -233,7 +229,6 @@ def inductor_patches() -> Iterator[None]:
     with (
         reduction_update_fusion(),
         low_precision_kernels(),
-        barriers_where_needed(),
         reductions_in_one_region(),
         invariants_hoisted(),
         streamed_stores(),
