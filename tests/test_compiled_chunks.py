@@ -18,8 +18,11 @@ from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 
 import fastoptim
+from fastoptim.runners.apply import apply_accumulate, apply_rule
 from fastoptim.runners.compiled import chunks as compiled_chunks
-from tests.problems import max_abs_diff
+from fastoptim.runners.compiled import probe
+from tests.cases import CASES, Case
+from tests.problems import make_model, max_abs_diff
 
 #: 20 tensors: a chunk of 16, then 4 and padding; weights and biases.
 SHAPES = [(7, 3), (5,), (2, 3, 4)] * 6 + [(11,), (4, 4)]
@@ -148,3 +151,25 @@ def test_load_state_dict_frees_the_states_it_replaces() -> None:
     optimizer.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     gc.collect()
     assert replaced and all(ref.expired() for ref in replaced)
+
+
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_the_probe_reads_every_rule(case: Case) -> None:
+    """Only the projecting rules (AdamP, SGDP) keep channels; only AdamP's stages its update.
+
+    A rule the meta-tensor probe cannot run would keep channels too (the safe answer), so this also
+    fails when the probe breaks on a rule (as it once did on Prodigy's sliced states).
+    """
+    model = make_model()
+    optimizer = case.build(model.parameters(), backend="loop")
+    for param in model.parameters():
+        param.grad = torch.randn_like(param)
+    _, buckets = optimizer._plans()[0]  # what a step hands its runners
+    bucket = buckets[0]
+    apply = apply_accumulate if optimizer.REDUCES else apply_rule
+    if optimizer.REDUCES:
+        optimizer.begin_reduction(buckets, one_pass=False)
+    probe._TRAITS.clear()
+    traits = probe.rule_traits(optimizer, apply, next(iter(bucket.tensors())), bucket.scalars)
+    assert traits.channels == (case.optimizer in (fastoptim.AdamP, fastoptim.SGDP))
+    assert traits.stages_update == (case.optimizer is fastoptim.AdamP)

@@ -26,6 +26,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+# inductor's fused multiply-add, torch.ops.prims.fma, is registered by this module (a rule may be
+# traced before anything else imported inductor); without it, products and sums round twice.
+try:
+    from torch._inductor import inductor_prims
+except ImportError:  # pragma: no cover
+    inductor_prims = None
+
 Scalar = float | Tensor
 
 
@@ -65,6 +72,8 @@ def _fma(a: Tensor | Scalar, b: Tensor | Scalar, c: Tensor) -> Tensor:
             return c.new_full(shape, value, dtype=dtype)
         return value.to(dtype).expand(shape)
 
+    if inductor_prims is None:  # pragma: no cover
+        return operand(a) * operand(b) + operand(c)
     return torch.ops.prims.fma(operand(a), operand(b), operand(c))
 
 

@@ -5,7 +5,7 @@ rule needs each output channel; and the CPU plugin gives a scratch buffer to rul
 update they read twice. Neither is a flag on the algorithm: both are read off the rule, run once
 per optimizer class and phase on meta tensors shaped like a bucket's first row (no memory, no
 arithmetic), with :class:`~fastoptim.runners.compiled.ops.CompiledOps` recording the primitives
-the rule calls.
+the rule calls. A rule that fails there keeps channel views, which is always right.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ class _Recording:
 _TRAITS: dict[tuple[type, Apply], RuleTraits] = {}
 
 
-def _meta(tensor: Tensor | None, shape: tuple[int, ...] | None = None) -> Tensor | None:
+def _meta(tensor: Tensor | None) -> Tensor | None:
+    """A tensor of ``tensor``'s shape and dtype on the meta device: no memory, no arithmetic."""
     if tensor is None:
         return None
-    return torch.empty(tensor.shape if shape is None else shape, dtype=tensor.dtype, device="meta")
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device="meta")
 
 
 def _runs(
@@ -66,7 +67,7 @@ def _runs(
     try:
         with torch.no_grad():
             apply(algorithm, ops, param, grad, states, comp, scalars, True)
-    except (ValueError, TypeError, IndexError, RuntimeError, NotImplementedError):
+    except Exception:  # any rule the probe cannot run keeps the safe answer
         return None
     return ops.called
 
@@ -85,17 +86,10 @@ def rule_traits(algorithm: Any, apply: Apply, row: tuple[Any, ...], scalars: Sim
     if traits is not None:
         return traits
     param, grad, states, comp = row
-    shape = (2, 3) if param.dim() >= 2 else (3,)
-    same = [t is not None and t.shape == param.shape for t in states]
-    meta_row = (
-        _meta(param, shape),
-        _meta(grad, shape),
-        tuple(_meta(t, shape if alike else None) for t, alike in zip(states, same, strict=True)),
-        _meta(comp, shape),
-    )
+    meta_row = (_meta(param), _meta(grad), tuple(_meta(t) for t in states), _meta(comp))
     called = _runs(apply, algorithm, meta_row, None, scalars)
     channels = True if called is None else "project" in called  # unknown: keep shapes, always right
-    scratch = torch.empty(shape, dtype=torch.float32, device="meta")
+    scratch = torch.empty(param.shape, dtype=torch.float32, device="meta")
     stages = channels and _runs(apply, algorithm, meta_row, scratch, scalars) is not None
     traits = _TRAITS[key] = RuleTraits(channels=channels, stages_update=stages)
     return traits
