@@ -171,12 +171,13 @@ def informative_record(optimizer: Optimizer) -> list[dict[str, Any]] | None:
             return None
         index, group = groups[group_id]
         keys = optimizer.state_keys(group)
+        watched = [keys[slot] for slot in _watched(optimizer, group)]
         owner = {}
         for position, param in enumerate(group["params"]):
             state = optimizer.state.get(param, {})
-            for slot in _watched(optimizer, group):
-                if keys[slot] in state:
-                    owner[id(state[keys[slot]])] = (position, state[keys[slot]])
+            for key in watched:
+                if key in state:
+                    owner[id(state[key])] = (position, state[key])
         found = [owner.get(state_id) for state_id in state_ids]
         if any(item is None for item in found) or tuple(t._version for _, t in found) != versions:
             return None

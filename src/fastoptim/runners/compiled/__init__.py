@@ -5,12 +5,14 @@ may change how chunks on some devices compile, as :mod:`~fastoptim.runners.compi
 does on the CPU.
 """
 
+import torch
+
 from fastoptim.runners.compiled.runner import forget, run_compiled
 from fastoptim.runners.runner import Runner
 
 
-def _supports(device: object) -> bool:
-    return getattr(device, "type", None) in ("cpu", "cuda")
+def _supports(device: torch.device) -> bool:
+    return device.type in ("cpu", "cuda")
 
 
 RUNNER = Runner("compiled", run_compiled, supports=_supports, forget=forget)

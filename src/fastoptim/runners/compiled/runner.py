@@ -144,10 +144,15 @@ def _compile_settings() -> Iterator[None]:
 
 
 @functools.cache
+def _options(plugin: Plugin | None) -> dict[str, Any]:
+    """The core's inductor options with the plugin's."""
+    return {**INDUCTOR_OPTIONS, **(plugin.options if plugin is not None else {})}
+
+
+@functools.cache
 def _compiled_step(plugin: Plugin | None) -> Any:
-    """``torch.compile`` of the chunk step with the core's options and the plugin's."""
-    options = {**INDUCTOR_OPTIONS, **(plugin.options if plugin is not None else {})}
-    return torch.compile(_step_chunk, dynamic=True, fullgraph=True, options=options)
+    """``torch.compile`` of the chunk step with :func:`_options`."""
+    return torch.compile(_step_chunk, dynamic=True, fullgraph=True, options=_options(plugin))
 
 
 def compile_disabled() -> bool:
@@ -168,9 +173,8 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
     disabled = compile_disabled()
     direct = None
     if plugin is not None and plugin.direct_step is not None and not disabled:
-        options = {**INDUCTOR_OPTIONS, **plugin.options}
         direct = plugin.direct_step(
-            apply, algorithm, scalars, update_params, options, bucket.device, bucket.dtype
+            apply, algorithm, scalars, update_params, _options(plugin), bucket.device, bucket.dtype
         )
     if "compiled_chunks" not in bucket.prepared:  # reducing algorithms run a bucket twice a step
         rows_alone = None if plugin is None else plugin.rows_alone

@@ -55,13 +55,12 @@ from fastoptim.runners.compiled.chunks import Chunk, row_tensors, row_width
 from fastoptim.runners.compiled.cpu_codegen.fusion import inductor_patches
 from fastoptim.runners.compiled.inputs import Layout, Row
 from fastoptim.runners.compiled.ops import CompiledOps
-from fastoptim.runners.compiled.runner import compile_disabled
 
 #: Parameter dtypes this path takes. bf16 and fp16 chunks once stayed with ``torch.compile``,
 #: whose kernel stepped bf16 Adam twice as fast; traced on probe rows of 4096 elements (vector
 #: widths follow the traced sizes, see :data:`_PROBE_SIZE`) they ran 6-20% faster this way than
 #: through ``torch.compile`` (AdamW, Lion, Adan, SGDP, DAdaptAdam, Prodigy in bf16, AdamW in fp16;
-#: 20M parameters in 100 tensors, ``benchmarks/RESULTS.md``).
+#: 20M parameters in 100 tensors, the history of ``benchmarks/RESULTS.md``).
 _DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 #: Types of the scalars a trace may bake in; anything else sends the chunk to ``torch.compile``.
 _CONSTANT_TYPES = (bool, int, float, str, type(None))
@@ -335,8 +334,8 @@ class DirectStep:
     """A bucket's step through compiled chunks called without dynamo.
 
     Made once per bucket and step, so that what is the same for every chunk of the bucket (the
-    device, dtype and scalars, whether ``torch.compile`` is switched off: about 45 µs a chunk when
-    read through dynamo's config) is looked at once.
+    device, dtype and scalars) is looked at once. The core runner makes none while
+    ``torch.compile`` is switched off.
 
     Args:
         apply: The runner's apply function (a rule, or a phase of a reducing algorithm).
@@ -359,11 +358,9 @@ class DirectStep:
     ) -> None:
         self.apply, self.algorithm, self.scalars = apply, algorithm, scalars
         self.update_params, self.options = update_params, options
-        #: Whether ``torch.compile`` is switched off: the runner then runs its code eagerly.
-        self.disabled = compile_disabled()
         signature = scalar_signature(scalars)
         on_cpu = device.type == "cpu"
-        self.usable = signature is not None and dtype in _DTYPES and on_cpu and not self.disabled
+        self.usable = signature is not None and dtype in _DTYPES and on_cpu
         deterministic = torch.are_deterministic_algorithms_enabled()
         self.key = (apply, type(algorithm), update_params, signature, deterministic)
 
