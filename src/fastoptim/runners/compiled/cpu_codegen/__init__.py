@@ -6,7 +6,7 @@ in :data:`TESTED_TORCH`, which CI runs the whole compiled-backend suite on. On a
 (or with ``FASTOPTIM_CPU_CODEGEN=0``) the core runner compiles every chunk with
 ``torch.compile`` and nothing else, with one warning: the same results, more slowly.
 
-What it adds on the CPU, each measured in ``benchmarks/RESULTS.md`` and listed on the docs'
+What it adds on the CPU, each measured with a same-process A/B and listed on the docs'
 backends page:
 
 * :mod:`.direct`: chunks traced with ``make_fx`` and compiled with ``standalone_compile``, called

@@ -16,9 +16,9 @@ same slots, which are added in the same order, so every result is the same to th
 (``tests/test_shared_region.py``). Blocks of any other shape, and kernels without such a run, are
 left as inductor wrote them.
 
-Measured with ``benchmarks/patch_ab.py --patch shared_region`` (20M parameters in 100 tensors,
-the same tensors with and without; ``benchmarks/RESULTS.md``): 0-2% of a step for DAdaptSGD,
-DAdaptAdaGrad, DAdaptAdam, Prodigy, SGDP and AdamP. On 100 bias-sized tensors, where a step is
+Measured with ``benchmarks/patch_ab.py --patch shared_region`` (20M parameters, the same tensors
+with and without; ``benchmarks/RESULTS.md``): DAdaptSGD 0.91 and Prodigy 0.99 of the time without
+on 1000 tensors; 0-2% of a step on 100 tensors. On 100 bias-sized tensors, where a step is
 nearly all fixed costs, a DAdaptSGD step's chunk calls took 1.33 ms before and 1.02 ms after.
 
 Where this torch lacks the hook (``KernelGroup.codegen_group``), nothing is patched.

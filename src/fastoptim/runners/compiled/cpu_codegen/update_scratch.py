@@ -21,7 +21,7 @@ not fit in the cache: the buffer would be written and read from memory.
 
 On the development CPU (2 cores, 2 MB of L2 cache per core), AdamP on 20M parameters took
 0.87-0.95 of its time without the buffer, in 400 to 20 tensors (weights of 100K to 2M elements;
-``benchmarks/update_scratch_ab.py``, ``benchmarks/RESULTS.md``). The values are the same: the
+``benchmarks/update_scratch_ab.py``, the history of ``benchmarks/RESULTS.md``). The values are the same: the
 buffer holds what the second pass computed from ``m`` and ``v`` before.
 
 The buffer is one per optimizer, device and dtype, as large as the largest weight that uses it
