@@ -119,3 +119,26 @@ def test_bf16_updates_read_the_moments_as_stored(backend: str) -> None:
         expected = start.float() - lr * update
         # the Kahan buffer is bf16 itself: it holds the rest to 2^-9 of at most half a bf16 ulp
         torch.testing.assert_close(held, expected, rtol=0.0, atol=2e-5)
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach"])
+@pytest.mark.parametrize("cls", ["AdamP", "SGDP"])
+def test_weights_larger_than_a_loop_block(cls: str, backend: str) -> None:
+    """A weight over the loop runner's block size (1M elements) is projected whole, as officially
+    (the loop runner steps other rules' huge tensors block by block)."""
+    from fastoptim.runners.loop import BLOCK_ELEMENTS
+
+    torch.manual_seed(0)
+    init = torch.randn(1100, BLOCK_ELEMENTS // 1000)
+    grad = torch.randn_like(init)
+    grad -= (grad * init).sum(1, keepdim=True) / (init * init).sum(1, keepdim=True) * init  # fires
+    ours, theirs = torch.nn.Parameter(init.clone()), torch.nn.Parameter(init.clone())
+    kwargs = dict(lr=0.05, weight_decay=0.1)
+    opt_ours = getattr(fastoptim, cls)([ours], backend=backend, **kwargs)
+    opt_theirs = getattr(adamp, cls)([theirs], **kwargs)
+    for _ in range(2):
+        ours.grad, theirs.grad = grad.clone(), grad.clone()
+        opt_ours.step()
+        opt_theirs.step()
+    assert init.numel() > BLOCK_ELEMENTS
+    assert torch.equal(ours.detach(), theirs.detach())

@@ -18,9 +18,11 @@ from torch import Tensor
 from torch.multiprocessing.reductions import StorageWeakRef
 
 import fastoptim
+from fastoptim.runners import probe
 from fastoptim.runners.apply import apply_accumulate, apply_rule
 from fastoptim.runners.compiled import chunks as compiled_chunks
-from fastoptim.runners.compiled import probe
+from fastoptim.runners.compiled.ops import CompiledOps
+from fastoptim.runners.ops import TensorOps, Workspace
 from tests.cases import CASES, Case
 from tests.problems import make_model, max_abs_diff
 
@@ -153,9 +155,11 @@ def test_load_state_dict_frees_the_states_it_replaces() -> None:
     assert replaced and all(ref.expired() for ref in replaced)
 
 
+@pytest.mark.parametrize("ops", ["compiled", "loop"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_the_probe_reads_every_rule(case: Case) -> None:
-    """Only the projecting rules (AdamP, SGDP) keep channels; only AdamP's stages its update.
+def test_the_probe_reads_every_rule(case: Case, ops: str) -> None:
+    """Only the projecting rules (AdamP, SGDP) keep channels (compiled: as channel views; loop: no
+    blocks); only AdamP's stages its update (read with the compiled ops).
 
     A rule the meta-tensor probe cannot run would keep channels too (the safe answer), so this also
     fails when the probe breaks on a rule (as it once did on Prodigy's sliced states).
@@ -170,6 +174,8 @@ def test_the_probe_reads_every_rule(case: Case) -> None:
     if optimizer.REDUCES:
         optimizer.begin_reduction(buckets, one_pass=False)
     probe._TRAITS.clear()
-    traits = probe.rule_traits(optimizer, apply, next(iter(bucket.tensors())), bucket.scalars)
+    runner_ops = CompiledOps if ops == "compiled" else TensorOps(Workspace())
+    traits = probe.rule_traits(optimizer, apply, next(iter(bucket.tensors())), bucket.scalars, runner_ops)
     assert traits.channels == (case.optimizer in (fastoptim.AdamP, fastoptim.SGDP))
-    assert traits.stages_update == (case.optimizer is fastoptim.AdamP)
+    if ops == "compiled":
+        assert traits.stages_update == (case.optimizer is fastoptim.AdamP)

@@ -9,7 +9,8 @@ from torch import Tensor
 
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
-from fastoptim.runners.ops import TensorOps
+from fastoptim.runners.ops import TensorOps, Workspace
+from fastoptim.runners.probe import rule_traits
 from fastoptim.runners.runner import Runner
 
 #: Contiguous tensors larger than this are updated in blocks of this many elements, which bounds
@@ -24,6 +25,11 @@ def _blockable(tensors: tuple[Tensor | None, ...], numel: int) -> bool:
     )
 
 
+def _whole_tensors(optimizer: Any, apply: Apply, row: tuple[Any, ...], scalars: Any) -> bool:
+    """Whether the rule needs each tensor whole (AdamP's and SGDP's projection): no blocks then."""
+    return rule_traits(optimizer, apply, row, scalars, TensorOps(Workspace())).channels
+
+
 def run_loop(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply = apply_rule) -> list[Any]:
     """Applies ``apply`` (by default the optimizer's rule) to each tensor of ``bucket`` in turn.
 
@@ -36,7 +42,8 @@ def run_loop(optimizer: Any, bucket: Bucket, update_params: bool, apply: Apply =
     results = []
     for param, grad, states, comp in bucket.tensors():
         numel = param.numel()
-        if not _blockable((param, grad, *states, comp), numel):
+        whole = not _blockable((param, grad, *states, comp), numel)
+        if whole or _whole_tensors(optimizer, apply, (param, grad, states, comp), scalars):
             results.append(apply(optimizer, ops, param, grad, states, comp, scalars, update_params))
             workspace.reset()
             continue

@@ -41,7 +41,8 @@ from fastoptim.runners.compiled.inputs import (
     padding,
     row_of,
 )
-from fastoptim.runners.compiled.probe import rule_traits
+from fastoptim.runners.compiled.ops import CompiledOps
+from fastoptim.runners.probe import rule_traits
 
 
 @dataclass(frozen=True)
@@ -190,7 +191,7 @@ def bucket_chunks(optimizer: Any, bucket: Bucket, apply: Apply, rows_alone: Any 
         optimizer: The optimizer the bucket belongs to (the chunks are kept per optimizer).
         bucket: The parameters, gradients and states.
         apply: The phase to run, whose rule decides whether weights keep their channels
-            (:mod:`~fastoptim.runners.compiled.probe`).
+            (:mod:`~fastoptim.runners.probe`).
         rows_alone: A plugin's hook that adds inputs to some rows and runs those alone
             (:class:`~fastoptim.runners.compiled.plugins.Plugin`); None: no row runs alone.
     """
@@ -201,7 +202,7 @@ def bucket_chunks(optimizer: Any, bucket: Bucket, apply: Apply, rows_alone: Any 
     if chunks is not None:
         return chunks
     first = next(iter(bucket.tensors()))
-    traits = rule_traits(optimizer, apply, first, bucket.scalars)
+    traits = rule_traits(optimizer, apply, first, bucket.scalars, CompiledOps)
     keep_channels = traits.channels
 
     def alone_rows(rows: list[Row], layouts: list[Layout]) -> list[bool]:

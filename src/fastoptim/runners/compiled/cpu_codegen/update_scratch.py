@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from fastoptim.runners.compiled.inputs import Layout, Row, compute_dtype
-from fastoptim.runners.compiled.probe import RuleTraits
+from fastoptim.runners.probe import RuleTraits
 
 #: Fewest elements of a weight stepped with the buffer: a call of one row costs about 20 µs.
 MIN_ELEMENTS = 1 << 16
