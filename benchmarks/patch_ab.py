@@ -12,35 +12,71 @@ Usage::
 
     python benchmarks/patch_ab.py --patch streaming_stores --algorithms dadapt_sgd dadapt_adagrad
     python benchmarks/patch_ab.py --patch shared_region --algorithms dadapt_sgd --tensors 1000
+    python benchmarks/patch_ab.py --patch low_precision_codegen --dtype bfloat16 --algorithms dadapt_lion
 
-Patches: ``shared_region`` (a kernel's parallel reductions in one region),
-``loop_invariants`` (scalar work the same in every iteration done once before the loop),
-``streaming_stores`` (stores to memory a kernel never reads around the caches).
+Parts of the CPU plugin (``fastoptim.runners.compiled.cpu_codegen``), each switched off for the
+"without" side: ``direct`` (chunks compiled without dynamo), ``fusion`` (a reduction and its
+update in one loop), ``round_trips`` and ``early_write_back`` (graph passes),
+``update_scratch`` (AdamP's cache-resident update buffer), ``low_precision_codegen`` (bf16/fp16
+vector width), ``shared_region``, ``loop_invariants``, ``streaming_stores`` (rewrites of the
+generated C++). ``plugin`` switches the whole plugin off: the core runner alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import gc
 import statistics
 import time
+from collections.abc import Callable, Iterator
+from unittest import mock
 
 import torch
 
 import fastoptim
 from fastoptim.bench.speed import make_params
+from fastoptim.runners.compiled import chunks, plugins
 from fastoptim.runners.compiled.cpu_codegen import (
     direct,
+    fusion,
     loop_invariants,
     shared_region,
     streaming_stores,
 )
 
-#: Module whose ``_CAN_PATCH`` switches each patch.
-PATCHES = {
-    "loop_invariants": loop_invariants,
-    "shared_region": shared_region,
-    "streaming_stores": streaming_stores,
+
+def _flag_off(module: object) -> contextlib.AbstractContextManager[None]:
+    return mock.patch.object(module, "_CAN_PATCH", False)
+
+
+def _in_fusion(name: str, value: object) -> Callable[[], contextlib.AbstractContextManager[None]]:
+    return lambda: mock.patch.object(fusion, name, value)
+
+
+@contextlib.contextmanager
+def _plugin_replaced(**changes: object) -> Iterator[None]:
+    saved = list(plugins._PLUGINS)
+    plugins._PLUGINS[:] = [dataclasses.replace(p, **changes) for p in saved] if changes else []
+    try:
+        yield
+    finally:
+        plugins._PLUGINS[:] = saved
+
+
+#: Part -> a context manager that switches it off.
+PATCHES: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+    "plugin": _plugin_replaced,
+    "direct": lambda: _plugin_replaced(direct_step=None),
+    "update_scratch": lambda: _plugin_replaced(rows_alone=None),
+    "fusion": _in_fusion("reduction_update_fusion", contextlib.nullcontext),
+    "low_precision_codegen": _in_fusion("low_precision_kernels", contextlib.nullcontext),
+    "round_trips": _in_fusion("drop_round_trips", lambda graph: None),
+    "early_write_back": _in_fusion("write_back_early", lambda graph: None),
+    "shared_region": lambda: _flag_off(shared_region),
+    "loop_invariants": lambda: _flag_off(loop_invariants),
+    "streaming_stores": lambda: _flag_off(streaming_stores),
 }
 
 #: Benchmark name -> (class name, keyword arguments).
@@ -60,38 +96,45 @@ ALGORITHMS = {
 }
 
 
-def _compiled_chunks(optimizer: torch.optim.Optimizer, patched: bool, module: object) -> dict:
-    """The chunks ``optimizer``'s next steps compile, with the patch switched on or off."""
-    saved = module._CAN_PATCH
-    module._CAN_PATCH = patched and saved
+def _compiled_variant(optimizer: torch.optim.Optimizer, patched: bool, patch: str) -> tuple:
+    """What ``optimizer``'s next steps compile and keep, with the part switched on or off."""
     direct.clear()
-    try:
-        with torch._inductor.config.patch(fx_graph_cache=False, autotune_local_cache=False):
-            for _ in range(3):  # ONE_PASS optimizers compile their steady-state graph on step 2
-                optimizer.step()
-    finally:
-        module._CAN_PATCH = saved
-    return dict(direct._COMPILED)
+    chunks.forget_kept_inputs(optimizer)
+    switch = contextlib.nullcontext() if patched else PATCHES[patch]()
+    with switch, torch._inductor.config.patch(fx_graph_cache=False, autotune_local_cache=False):
+        for _ in range(3):  # ONE_PASS optimizers compile their steady-state graph on step 2
+            optimizer.step()
+        return list(plugins._PLUGINS), dict(direct._COMPILED), chunks._KEPT.get(optimizer)
+
+
+def _use(optimizer: torch.optim.Optimizer, variant: tuple) -> None:
+    registered, compiled, kept = variant
+    plugins._PLUGINS[:] = registered
+    direct._COMPILED.clear()
+    direct._COMPILED.update(compiled)
+    chunks._KEPT[optimizer] = kept
 
 
 def compare(algorithm: str, args: argparse.Namespace) -> tuple[float, float]:
     """Median step times (seconds) with and without the patch."""
     name, kwargs = ALGORITHMS[algorithm]
-    params = make_params(args.params, args.tensors, torch.float32, seed=0)
+    params = make_params(args.params, args.tensors, getattr(torch, args.dtype), seed=0)
     optimizer = getattr(fastoptim, name)(params, backend="compiled", **kwargs)
-    module = PATCHES[args.patch]
-    variants = [_compiled_chunks(optimizer, True, module), _compiled_chunks(optimizer, False, module)]
+    saved = list(plugins._PLUGINS)
+    variants = [_compiled_variant(optimizer, patched, args.patch) for patched in (True, False)]
     flush = torch.empty(args.flush_mib * 2**20 // 4)
     times: list[list[float]] = [[], []]
-    for round_index in range(args.rounds):
-        for index in (round_index % 2, 1 - round_index % 2):
-            direct._COMPILED.clear()
-            direct._COMPILED.update(variants[index])
-            flush.add_(1.0)
-            start = time.perf_counter()
-            optimizer.step()
-            times[index].append(time.perf_counter() - start)
-    direct.clear()
+    try:
+        for round_index in range(args.rounds):
+            for index in (round_index % 2, 1 - round_index % 2):
+                _use(optimizer, variants[index])
+                flush.add_(1.0)
+                start = time.perf_counter()
+                optimizer.step()
+                times[index].append(time.perf_counter() - start)
+    finally:
+        plugins._PLUGINS[:] = saved
+        direct.clear()
     return statistics.median(times[0]), statistics.median(times[1])
 
 
@@ -101,11 +144,12 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", choices=list(ALGORITHMS), default=["dadapt_sgd"])
     parser.add_argument("--params", type=int, default=20_000_000)
     parser.add_argument("--tensors", type=int, default=100)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--flush-mib", type=int, default=1024, help="buffer written before each step")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, patch {args.patch}")
-    size = f"{args.params / 1e6:.0f}M parameters in {args.tensors} tensors"
+    size = f"{args.params / 1e6:.0f}M {args.dtype} parameters in {args.tensors} tensors"
     print(f"{size}, median of {args.rounds} steps each\n")
     print("| algorithm | with (ms) | without (ms) | with / without |")
     print("| --- | ---: | ---: | ---: |")
