@@ -74,9 +74,9 @@ def test_dadapt_sgd_stacks_its_compiled_sums_and_steps_as_the_loop_runner(
     seen: list[list[object]] = []
     original = fastoptim.reduction.sum_partials
 
-    def recorded(results: list[object]) -> list[float] | None:
+    def recorded(results: list[object], sharding: object = None) -> list[float] | None:
         seen.append(results)
-        return original(results)
+        return original(results, sharding)
 
     monkeypatch.setattr(fastoptim.reduction, "sum_partials", recorded)
     generator = torch.Generator().manual_seed(3)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from fastoptim.distributed import local
 from fastoptim.precision import is_low_precision
 from fastoptim.runners import Bucket
 
@@ -35,28 +36,75 @@ def prepare_buckets(
     lr = float(group["lr"])
     dense_keys = optimizer.state_keys(group)
     kahan_allowed = group["kahan_sum"] is not False
+    own = local if optimizer.has_dtensors else _same  # runners step DTensors' local shards
     buckets: dict[tuple[int, torch.device, torch.dtype, bool], Bucket] = {}
     for p in params:
         sparse = p.grad.is_sparse
         keys = (*dense_keys, *optimizer.SPARSE_STATE_KEYS) if sparse else dense_keys
-        state = optimizer.state[p]
-        for key in keys:
-            if key not in state:
-                state[key] = optimizer.init_state(group, p, key)
+        state = _initialised(optimizer, group, p, keys)
         step = state["step"] = state.get("step", 0) + 1
         bucket = buckets.get((step, p.device, p.dtype, sparse))
         if bucket is None:
             bucket = _new_bucket(optimizer, group, step, lr, p, len(keys), kahan_allowed, shared)
             buckets[(step, p.device, p.dtype, sparse)] = bucket
-        bucket.params.append(p)
-        bucket.grads.append(p.grad)
+        bucket.params.append(own(p))
+        bucket.grads.append(own(p.grad))
         for column, key in zip(bucket.states, keys, strict=True):
-            column.append(state[key])
+            column.append(own(state[key]))
         if bucket.kahan_comps is not None:
             if "kahan_comp" not in state:
                 state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            bucket.kahan_comps.append(state["kahan_comp"])
+            bucket.kahan_comps.append(own(state["kahan_comp"]))
     return list(buckets.values())
+
+
+def _initialised(
+    optimizer: Optimizer, group: dict[str, Any], p: Tensor, keys: tuple[str, ...]
+) -> dict[str, Any]:
+    """``p``'s state, with every buffer of ``keys`` it lacks created."""
+    state = optimizer.state[p]
+    for key in keys:
+        if key not in state:
+            state[key] = optimizer.init_state(group, p, key)
+    return state
+
+
+def creates_state_only(optimizer: Optimizer) -> bool:
+    """Whether this step is torch's state-creating step, which must change nothing.
+
+    ``torch.distributed.checkpoint``'s ``get_optimizer_state_dict`` and
+    ``set_optimizer_state_dict`` step an optimizer without state once, with zero gradients and every
+    lr set to 0, so that its state exists. torch.optim's optimizers count that step; here it only
+    creates the state: no step counted, no sum or estimate moved. Recognised by exactly that: no
+    state yet, every lr 0, and every trainable parameter's gradient present and zero (on every rank
+    that shares the statistics: one all-reduce, on this first step only).
+    """
+    if optimizer.state or any(float(group["lr"]) != 0.0 for group in optimizer.param_groups):
+        return False
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    if any(p.grad is None for p in params):
+        return False
+    nonzero = sum(int(local(p.grad).count_nonzero()) for p in params)
+    if optimizer.sharding is not None:
+        nonzero = int(optimizer.sharding.sum(torch.tensor(float(nonzero)), torch.float64).item())
+    return nonzero == 0
+
+
+def create_state(optimizer: Optimizer) -> None:
+    """Creates every state buffer (Kahan buffers included), counting no step."""
+    for group in optimizer.param_groups:
+        keys = optimizer.state_keys(group)
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = _initialised(optimizer, group, p, keys)
+            state.setdefault("step", 0)
+            if is_low_precision(p.dtype) and group["kahan_sum"] is not False and "kahan_comp" not in state:
+                state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def _same(tensor: Tensor) -> Tensor:
+    return tensor
 
 
 def _new_bucket(

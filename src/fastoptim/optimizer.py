@@ -20,6 +20,7 @@ one parameter at a time (:mod:`fastoptim.gradient_release`).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from types import SimpleNamespace
@@ -29,7 +30,8 @@ import torch
 from torch import Tensor
 
 from fastoptim import runners
-from fastoptim.bucketing import prepare_buckets
+from fastoptim.bucketing import create_state, creates_state_only, prepare_buckets
+from fastoptim.distributed import Sharding, find_sharding, is_dtensor
 from fastoptim.gradient_release import release_step
 from fastoptim.reduction import ONE_PASS_KEY, informative_record, reduce_and_update, restore_record
 from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
@@ -77,6 +79,11 @@ class Optimizer(torch.optim.Optimizer):
         foreach: Alias of ``backend``: True means ``"foreach"``, False ``"loop"``.
         gradient_release: Allow :func:`fastoptim.prepare_for_gradient_release` to run the step
             for each parameter inside backward, as soon as its gradient is ready.
+        shard_group: The ``torch.distributed.ProcessGroup`` over which the parameters are
+            sharded, where the parameters do not show it (``ZeroRedundancyOptimizer``, a
+            partition of one's own): statistics over more than one element are all-reduced over
+            it. None (default): detected from DTensor parameters (FSDP2); see
+            :mod:`fastoptim.distributed`.
         **defaults: The algorithm's hyperparameters, the default options of every param group.
             Subclasses pass ``**hyperparameters(locals())``, so that their signature is the
             single list of arguments.
@@ -116,6 +123,7 @@ class Optimizer(torch.optim.Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
         **defaults: Any,
     ) -> None:
         if isinstance(params, (set, Tensor)):
@@ -136,6 +144,13 @@ class Optimizer(torch.optim.Optimizer):
         self._group_index: dict[int, int] | None = None
         self._workspaces = threading.local()
         self._informative_reduction: tuple[Any, ...] | None = None
+        self.shard_group = shard_group
+        #: Which ranks share the step's statistics (:mod:`fastoptim.distributed`); None: this one alone.
+        self.sharding: Sharding | None = None
+        self.has_dtensors = False
+        #: Ids of the parameters gradient release stepped since the last step() whose gradient DDP
+        #: keeps (see :mod:`fastoptim.gradient_release`): step() does not step them again.
+        self.released: set[int] = set()
         super().__init__(params, {**defaults, "kahan_sum": kahan_sum})
 
     # ------------------------------------------------------------------ algorithm interface
@@ -183,6 +198,14 @@ class Optimizer(torch.optim.Optimizer):
             one_pass: Whether the update rides along (:attr:`ONE_PASS`): the states are as the
                 last step, whose reduction was informative, left them.
         """
+
+    def sharded_statistics(self, plans: list[Plan]) -> contextlib.AbstractContextManager[None]:
+        """What an algorithm decides over whole sharded weights before their step runs.
+
+        The step runs inside the returned context. AdamP and SGDP decide their projections here
+        (:func:`fastoptim.projection.sharded_projections`); the default does nothing.
+        """
+        return contextlib.nullcontext()
 
     def begin_group(self, group: dict[str, Any]) -> None:
         """Called once per group at every ``step()``, even when no parameter has a gradient."""
@@ -249,8 +272,16 @@ class Optimizer(torch.optim.Optimizer):
             group.setdefault(name, default)
         self._check_common(group)
         self.check_group(group)
+        self._detect_sharding(params)
         super().add_param_group(group)
         self._group_index = None
+
+    def _detect_sharding(self, new: list[Tensor]) -> None:
+        """Sets :attr:`sharding` for the parameters so far and ``new`` (raises before any change)."""
+        every = [p for group in self.param_groups for p in group["params"]] + new
+        fsdp_in_use = bool(self.defaults.get("fsdp_in_use", False))
+        self.sharding = find_sharding(every, self.shard_group, fsdp_in_use)
+        self.has_dtensors = any(map(is_dtensor, every))
 
     def _check_common(self, group: dict[str, Any]) -> None:
         check_nonnegative(group["lr"], "lr")
@@ -273,22 +304,27 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if creates_state_only(self):  # torch.distributed.checkpoint's state-creating step
+            create_state(self)
+            return loss
         update_params = not self.optimizer_accumulation
         plans = self._plans()
-        if self.REDUCES:
-            reduce_and_update(self, plans, update_params)
-            return loss
-        for _, buckets in plans:
-            self.run_buckets(buckets, self.backend, update_params, apply_rule)
+        with self.sharded_statistics(plans):
+            if self.REDUCES:
+                reduce_and_update(self, plans, update_params)
+                return loss
+            for _, buckets in plans:
+                self.run_buckets(buckets, self.backend, update_params, apply_rule)
         return loss
 
     def _plans(self) -> list[Plan]:
         """Each group with gradients and its buckets (state initialised, step counted)."""
         shared = self.global_scalars()
+        released, self.released = self.released, set()  # stepped inside backward (under DDP)
         plans = []
         for group in self.param_groups:
             self.begin_group(group)
-            params = [p for p in group["params"] if p.grad is not None]
+            params = [p for p in group["params"] if p.grad is not None and id(p) not in released]
             if params:
                 plans.append((group, prepare_buckets(self, group, params, shared)))
         return plans
@@ -320,9 +356,9 @@ class Optimizer(torch.optim.Optimizer):
             workspace = self._workspaces.workspace = Workspace()
         return workspace
 
-    def release_step(self, param: Tensor) -> None:
-        """Steps one parameter and frees its gradient (see :mod:`fastoptim.gradient_release`)."""
-        release_step(self, param)
+    def release_step(self, param: Tensor, grad: Tensor | None = None) -> None:
+        """Steps one parameter inside backward (see :mod:`fastoptim.gradient_release`)."""
+        release_step(self, param, grad)
 
     def state_dict(self) -> dict[str, Any]:
         """``torch.optim.Optimizer.state_dict()``, plus what a one-pass step needs to resume.
@@ -362,3 +398,6 @@ class Optimizer(torch.optim.Optimizer):
         self._group_index = None
         self._workspaces = threading.local()
         self._informative_reduction = None
+        self.released = set()
+        self.shard_group = None  # process groups do not pickle; DTensor sharding is found again
+        self._detect_sharding([])

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from fastoptim.distributed import Sharding, local
 from fastoptim.runners.apply import apply_accumulate, apply_one_pass, apply_update
 
 if TYPE_CHECKING:
@@ -56,13 +57,12 @@ class StackedPartials:
         return StackedPartials(self.values[: rows * self.width], self.width)
 
 
-def sum_partials(results: list[Any]) -> list[float] | None:
-    """Adds up the partial sums of every tensor, on the device and in float64; one host sync.
+#: Most partial sums a reducing algorithm's step may return (the size of the all-reduced buffer).
+MAX_SUMS = 8
 
-    ``results`` holds, per tensor (or per list of tensors, from the foreach runner), None or a
-    tuple of partial sums (each a 0-d tensor, or a list of them), or a :class:`StackedPartials`.
-    Returns None when no tensor contributed.
-    """
+
+def _local_sums(results: list[Any]) -> Tensor | None:
+    """The float64 sums, on the device, of every tensor's partial sums; None if none contributed."""
     stacked = [result for result in results if isinstance(result, StackedPartials)]
     rows = [result for result in results if result is not None and not isinstance(result, StackedPartials)]
     if not rows and not stacked:
@@ -74,14 +74,50 @@ def sum_partials(results: list[Any]) -> list[float] | None:
             for column in columns
         ]
     if not stacked:
-        return torch.stack([torch.stack(column).to(torch.float64).sum() for column in columns]).tolist()
+        return torch.stack([torch.stack(column).to(torch.float64).sum() for column in columns])
     width = stacked[0].width
     if any(part.width != width for part in stacked) or (columns and len(columns) != width):
         raise RuntimeError("the tensors of one step returned different numbers of partial sums")
     matrices = [part.values.view(-1, width) for part in stacked]
     if columns:
         matrices.append(torch.stack([torch.stack(column).to(torch.float64) for column in columns], dim=1))
-    return torch.cat(matrices).t().contiguous().sum(dim=1).tolist()
+    return torch.cat(matrices).t().contiguous().sum(dim=1)
+
+
+def _all_reduced(sums: Tensor | None, sharding: Sharding) -> list[float] | None:
+    """Every rank's sums added up, through one all-reduce of ``[ranks, width, *sums]``.
+
+    A rank whose parameters had no gradient adds zeros; the ranks that did must agree on the
+    number of sums.
+    """
+    buffer = torch.zeros(2 + MAX_SUMS, dtype=torch.float64, device=sharding.device)
+    if sums is not None:
+        if sums.numel() > MAX_SUMS:
+            raise RuntimeError(f"a step returned {sums.numel()} partial sums; at most {MAX_SUMS} are reduced")
+        buffer[0] = 1.0
+        buffer[1] = sums.numel()
+        buffer[2 : 2 + sums.numel()] = sums.to(sharding.device)
+    ranks, widths, *values = sharding.all_reduce(buffer).tolist()
+    if ranks == 0:
+        return None
+    width = round(widths / ranks)
+    if width * ranks != widths or (sums is not None and width != sums.numel()):
+        raise RuntimeError("the ranks of one step returned different numbers of partial sums")
+    return values[:width]
+
+
+def sum_partials(results: list[Any], sharding: Sharding | None = None) -> list[float] | None:
+    """Adds up the partial sums of every tensor, on the device and in float64; one host sync.
+
+    ``results`` holds, per tensor (or per list of tensors, from the foreach runner), None or a
+    tuple of partial sums (each a 0-d tensor, or a list of them), or a :class:`StackedPartials`.
+    With a ``sharding``, the sums of every rank that shares it are added up (one all-reduce).
+    Returns None when no tensor contributed.
+    """
+    sums = _local_sums(results)
+    if sharding is not None:
+        return _all_reduced(sums, sharding)
+    return None if sums is None else sums.tolist()
 
 
 def reduce_and_update(optimizer: Optimizer, plans: list[Plan], update_params: bool) -> None:
@@ -105,7 +141,7 @@ def reduce_and_update(optimizer: Optimizer, plans: list[Plan], update_params: bo
         backend = "loop"  # first and fallback steps are rare: not worth compiling two more graphs
     run = optimizer.run_buckets
     partials = [r for _, buckets in plans for r in run(buckets, backend, update_params, apply)]
-    final = optimizer.finalize(sum_partials(partials))
+    final = optimizer.finalize(sum_partials(partials, optimizer.sharding))
     if final is None and one_pass:
         warnings.warn(
             f"{type(optimizer).__name__}: the states s cancelled to exactly zero, so the official code "
@@ -117,7 +153,7 @@ def reduce_and_update(optimizer: Optimizer, plans: list[Plan], update_params: bo
         if optimizer.UPDATE_ADVANCES_STATE:  # the states advance, the parameters stay (rare: eagerly)
             for _, buckets in plans:
                 run(buckets, "loop", False, apply_update)
-        optimizer.update_skipped([p for _, buckets in plans for bucket in buckets for p in bucket.params])
+        optimizer.update_skipped([p for group, _ in plans for p in group["params"] if p.grad is not None])
     elif not one_pass:
         for _, buckets in plans:
             for bucket in buckets:
@@ -177,7 +213,7 @@ def informative_record(optimizer: Optimizer) -> list[dict[str, Any]] | None:
             state = optimizer.state.get(param, {})
             for key in watched:
                 if key in state:
-                    owner[id(state[key])] = (position, state[key])
+                    owner[id(local(state[key]))] = (position, local(state[key]))
         found = [owner.get(state_id) for state_id in state_ids]
         if any(item is None for item in found) or tuple(t._version for _, t in found) != versions:
             return None
@@ -212,7 +248,7 @@ def restore_record(optimizer: Optimizer, record: list[dict[str, Any]] | None) ->
                 key = (int(state["step"]) + 1, param.device, param.dtype)
                 columns = buckets.setdefault(key, [[] for _ in keys])
                 for column, name in zip(columns, keys, strict=True):
-                    column.append(state[name])
+                    column.append(local(state[name]))
             inputs.append(_inputs(optimizer, group, list(buckets.values())))
     except (KeyError, IndexError, TypeError, ValueError):
         return

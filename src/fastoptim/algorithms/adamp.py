@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 from types import SimpleNamespace
@@ -9,7 +10,8 @@ from typing import Any
 
 from torch import Tensor
 
-from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
+from fastoptim.optimizer import Optimizer, Plan, RuleResult, hyperparameters
+from fastoptim.projection import check_sharded_weights, sharded_projections
 from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_bool, check_nonnegative, check_unit_interval
 
@@ -19,6 +21,7 @@ def _check_projection(group: dict[str, Any]) -> None:
     check_nonnegative(group["delta"], "delta")
     check_nonnegative(group["wd_ratio"], "wd_ratio")
     check_bool(group["nesterov"], "nesterov")
+    check_sharded_weights(group)
 
 
 def _decayed_step(ops: Any, param: Any, target: Any, rate: Any, update: Any, neg_step: float) -> Any:
@@ -76,7 +79,7 @@ class AdamP(Optimizer):
         delta: Projection threshold :math:`\delta` (default: 0.1).
         wd_ratio: Decay multiplier for projected weights (default: 0.1).
         nesterov: Nesterov momentum in the update (default: False).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -97,12 +100,16 @@ class AdamP(Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 
     def check_group(self, group: dict[str, Any]) -> None:
         check_betas(group["betas"], 2)
         _check_projection(group)
+
+    def sharded_statistics(self, plans: list[Plan]) -> contextlib.AbstractContextManager[None]:
+        return sharded_projections(self, plans)
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
         return 0.0, 0.0  # decoupled and scaled by the projection, in the rule
@@ -183,7 +190,7 @@ class SGDP(Optimizer):
         eps: Guards the norms (default: 1e-8).
         delta: Projection threshold :math:`\delta` (default: 0.1).
         wd_ratio: Decay multiplier for projected weights (default: 0.1).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -205,6 +212,7 @@ class SGDP(Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 
@@ -212,6 +220,9 @@ class SGDP(Optimizer):
         check_unit_interval(group["momentum"], "momentum")
         check_unit_interval(group["dampening"], "dampening")
         _check_projection(group)
+
+    def sharded_statistics(self, plans: list[Plan]) -> contextlib.AbstractContextManager[None]:
+        return sharded_projections(self, plans)
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
         return 0.0, 0.0  # decoupled, divided by 1 - momentum and scaled by the projection

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastoptim.distributed import local
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_bool, check_nonnegative
@@ -65,7 +66,7 @@ class Adan(Optimizer):
             Needs the whole step, so it cannot be combined with ``gradient_release=True``.
         no_prox: AdamW-style decay instead of the proximal step (default: False).
         fused: Only None or False are accepted (no fused kernel yet).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -86,6 +87,7 @@ class Adan(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         if fused:
             raise ValueError("fused=True is not available; use backend='loop' or 'foreach'")
@@ -104,6 +106,9 @@ class Adan(Optimizer):
         check_nonnegative(group["eps"], "eps")
         check_nonnegative(group["max_grad_norm"], "max_grad_norm")
         check_bool(group["no_prox"], "no_prox")
+        # the group's step count, there from the start: a distributed checkpoint loads only the keys
+        # a fresh optimizer's state dict has
+        group.setdefault("step", 0)
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
         return 0.0, 0.0  # proximal or AdamW-style, in the rule
@@ -127,12 +132,16 @@ class Adan(Optimizer):
 
     def global_scalars(self) -> dict[str, Any]:
         max_norm = self.defaults["max_grad_norm"]
-        grads = [p.grad for g in self.param_groups for p in g["params"] if p.grad is not None]
-        if max_norm <= 0 or not grads:
+        grads = [local(p.grad) for g in self.param_groups for p in g["params"] if p.grad is not None]
+        if max_norm <= 0 or (not grads and self.sharding is None):
             return {"clip": 1.0, "clipping": False}
-        total = torch.zeros(1, dtype=torch.float32, device=grads[0].device)
-        for grad in grads:
-            total.add_(grad.to(torch.float32).pow(2).sum().to(total.device))
+        total = None
+        if grads:
+            total = torch.zeros(1, dtype=torch.float32, device=grads[0].device)
+            for grad in grads:
+                total.add_(grad.to(torch.float32).pow(2).sum().to(total.device))
+        if self.sharding is not None:  # every rank's shards (one all-reduce)
+            total = self.sharding.sum(total)
         norm = torch.sqrt(total)
         clip = torch.clamp(max_norm / (norm + self.param_groups[-1]["eps"]), max=1.0)
         return {"clip": clip.item(), "clipping": True}

@@ -61,7 +61,7 @@ class ADOPT(Optimizer):
         weight_decay: Decay coefficient :math:`\lambda` (default: 0).
         decouple: Decoupled (AdamW-style) weight decay instead of L2 (default: False).
         fused: Only None or False are accepted (no fused kernel yet).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -82,6 +82,7 @@ class ADOPT(Optimizer):
         foreach: bool | None = None,
         fused: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         if clip_lambda is not None and not callable(clip_lambda):
             raise TypeError(f"clip_lambda must be a function of the step count or None, got {clip_lambda!r}")

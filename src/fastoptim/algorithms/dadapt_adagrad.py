@@ -91,7 +91,7 @@ class DAdaptAdaGrad(Optimizer):
         eps: Added to :math:`\sqrt{\alpha}` (default: 1e-6).
         d0: Initial distance estimate (default: 1e-6).
         growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -123,6 +123,7 @@ class DAdaptAdaGrad(Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

@@ -49,8 +49,8 @@ class DAdaptAdam(Optimizer):
     Differences from the official code: ``p.grad`` is not modified by coupled weight decay;
     gradient release is refused (the estimate needs every parameter before any update); the
     per-parameter ``step`` counts calls, also those where no update happens. As officially,
-    decoupled decay reaches groups with lr 0. ``fsdp_in_use`` is accepted and not needed on one
-    process.
+    decoupled decay reaches groups with lr 0. Under FSDP2 the sums cover every rank without
+    ``fsdp_in_use`` (the official code detects FSDP-1 only; see ``docs/features/distributed.md``).
 
     Args:
         params: Tensors to optimise or dicts defining parameter groups.
@@ -63,8 +63,10 @@ class DAdaptAdam(Optimizer):
         use_bias_correction: Adam's bias correction in the step scale (default: False).
         d0: Initial distance estimate (default: 1e-6).
         growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
-        fsdp_in_use: Accepted for compatibility (default: False).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        fsdp_in_use: With plain-tensor parameters, sum the statistics over the default process
+            group, as officially (default: False). Not needed under FSDP2 (detected) or with
+            ``shard_group``.
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -90,6 +92,7 @@ class DAdaptAdam(Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

@@ -55,7 +55,7 @@ class DAdaptAdan(Optimizer):
         log_every: Log d every this many steps; 0 disables (default: 0).
         d0: Initial distance estimate (default: 1e-6).
         growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -79,6 +79,7 @@ class DAdaptAdan(Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

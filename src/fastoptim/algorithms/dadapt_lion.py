@@ -49,8 +49,10 @@ class DAdaptLion(Optimizer):
         weight_decay: Decoupled decay coefficient (default: 0).
         log_every: Log d every this many steps; 0 disables (default: 0).
         d0: Initial distance estimate (default: 1e-6).
-        fsdp_in_use: Accepted for compatibility (default: False).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        fsdp_in_use: With plain-tensor parameters, sum the statistics over the default process
+            group, as officially (default: False). Not needed under FSDP2 (detected) or with
+            ``shard_group``.
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -71,6 +73,7 @@ class DAdaptLion(Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         check_nonnegative(lr, "lr")
         arguments = hyperparameters(locals())

@@ -17,6 +17,7 @@ from fastoptim.algorithms.distance import (
     primal_average_step,
     scaled,
 )
+from fastoptim.distributed import local
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.validation import check_positive, check_unit_interval
 
@@ -63,8 +64,10 @@ class DAdaptSGD(Optimizer):
         log_every: Log d every this many steps; 0 disables (default: 0).
         d0: Initial distance estimate (default: 1e-6).
         growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
-        fsdp_in_use: Accepted for compatibility (default: False).
-        kahan_sum, backend, foreach, gradient_release: As for every fastoptim optimizer
+        fsdp_in_use: With plain-tensor parameters, sum the statistics over the default process
+            group, as officially (default: False). Not needed under FSDP2 (detected) or with
+            ``shard_group``.
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -89,6 +92,7 @@ class DAdaptSGD(Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())
@@ -97,6 +101,9 @@ class DAdaptSGD(Optimizer):
     def check_group(self, group: dict[str, Any]) -> None:
         check_unit_interval(group["momentum"], "momentum")
         check_distance_group(group)
+        # set at the first step; there from the start, since a distributed checkpoint loads only
+        # the keys a fresh optimizer's state dict has
+        group.setdefault("g0_norm", 0.0)
 
     def init_state(self, group: dict[str, Any], param: Tensor, key: str) -> Tensor:
         if key in ("z", "x0"):
@@ -111,13 +118,15 @@ class DAdaptSGD(Optimizer):
         lr = max_lr_of(self)
         if first["k"] == 0:  # the first gradient's norm (without weight decay, as officially)
             grads = [
-                p.grad
+                local(p.grad)
                 for g in self.param_groups
                 if float(g["lr"]) > 0
                 for p in g["params"]
                 if p.grad is not None
             ]
             total = torch.stack([(g * g).sum().to(torch.float64) for g in grads]).sum() if grads else None
+            if self.sharding is not None:  # every rank's shards (one all-reduce, on the first step)
+                total = self.sharding.sum(total, torch.float64)
             g0_norm = math.sqrt(total.item()) if total is not None else 0.0
             if g0_norm == 0.0:
                 return {"skip": True}

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from fastoptim.algorithms.distance import check_distance_group, max_lr_of, scaled
+from fastoptim.distributed import is_dtensor
 from fastoptim.optimizer import Optimizer, RuleResult, hyperparameters
 from fastoptim.scalars import is_set
 from fastoptim.validation import check_betas, check_positive, check_unit_interval
@@ -56,8 +57,9 @@ class Prodigy(Optimizer):
     official code moves it by about :math:`-d\gamma\, g / \epsilon`, since its :math:`v` is never
     accumulated); ``p.grad`` is not modified by coupled weight decay; gradient release is refused
     (the estimate needs every parameter's contribution before any update); the per-parameter
-    ``step`` counts calls, also those where no update happens. ``fsdp_in_use`` is accepted and
-    not needed on one process.
+    ``step`` counts calls, also those where no update happens. Under FSDP2 the sums cover every
+    rank without ``fsdp_in_use`` (the official code detects FSDP-1 only), and ``s`` and ``p0`` are
+    kept shaped and sharded as the parameter (``slice_p`` must then be 1).
 
     Args:
         params: Tensors to optimise or dicts defining parameter groups.
@@ -74,9 +76,12 @@ class Prodigy(Optimizer):
         d0: Initial distance estimate (default: 1e-6).
         d_coef: Multiplier of the estimate (default: 1.0).
         growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
-        fsdp_in_use: Accepted for compatibility (default: False).
+        fsdp_in_use: With plain-tensor parameters, sum the statistics over the default process
+            group, as officially (default: False). Not needed under FSDP2 (detected) or with
+            ``shard_group``.
         slice_p: Estimate from every ``slice_p``-th element only, to save memory (default: 1).
-        kahan_sum, backend, foreach: As for every fastoptim optimizer (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+            (:class:`fastoptim.Optimizer`).
     """
 
     REDUCES = True
@@ -103,6 +108,7 @@ class Prodigy(Optimizer):
         backend: str = "auto",
         foreach: bool | None = None,
         gradient_release: bool = False,
+        shard_group: Any = None,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())
@@ -118,6 +124,11 @@ class Prodigy(Optimizer):
         slice_p = group["slice_p"]
         if isinstance(slice_p, bool) or not isinstance(slice_p, int) or slice_p < 1:
             raise ValueError(f"slice_p must be a positive integer, got {slice_p!r}")
+        if slice_p > 1 and any(map(is_dtensor, group["params"])):
+            raise ValueError(
+                f"slice_p={slice_p} takes every slice_p-th element of each whole flattened parameter, "
+                "which a rank's shard of a DTensor parameter cannot tell; use slice_p=1 under FSDP2"
+            )
 
     def state_keys(self, group: dict[str, Any]) -> tuple[str, ...]:
         if self.param_groups[0]["betas"][0] > 0:
@@ -125,12 +136,15 @@ class Prodigy(Optimizer):
         return ("exp_avg_sq", "s", "p0")
 
     def init_state(self, group: dict[str, Any], param: Tensor, key: str) -> Tensor:
+        if is_dtensor(param) and key in ("s", "p0"):  # shaped and sharded as the parameter (slice_p 1)
+            return torch.zeros_like(param) if key == "s" else param.detach().clone()
+        if key not in ("s", "p0"):
+            return super().init_state(group, param, key)
         sliced = param.detach().flatten()[:: group["slice_p"]]
         if key == "s":
             return torch.zeros_like(sliced)
-        if key == "p0":  # an all-zero parameter keeps a 0-d zero instead of a copy
-            return sliced.clone() if param.any() else torch.zeros((), dtype=param.dtype, device=param.device)
-        return super().init_state(group, param, key)
+        # p0: an all-zero parameter keeps a 0-d zero instead of a copy
+        return sliced.clone() if param.any() else torch.zeros((), dtype=param.dtype, device=param.device)
 
     def weight_decay_terms(self, group: dict[str, Any], lr: float) -> tuple[float, float]:
         # coupled decay through the gradient; decoupled decay (scaled by d) in the update
@@ -179,11 +193,12 @@ class Prodigy(Optimizer):
         d, dlr = s.d, s.dlr
         sliced_grad = ops.flat_slice(grad, s.slice_p)
         weight = (d / s.d0) * dlr
-        numerator = ops.dot_diff(sliced_grad, p0, ops.flat_slice(param, s.slice_p))
+        # flat views: the states are flat, or shaped as a sharded parameter (see init_state)
+        numerator = ops.dot_diff(sliced_grad, ops.flat_slice(p0, 1), ops.flat_slice(param, s.slice_p))
         sums_weight = (d / s.d0) * d if s.safeguard_warmup else weight
-        sums = ops.add_(ops.mul_(sums, s.beta3), sliced_grad, alpha=sums_weight)
+        flat_sums = ops.add_(ops.mul_(ops.flat_slice(sums, 1), s.beta3), sliced_grad, alpha=sums_weight)
         partial = scaled(numerator, weight)
-        return (partial, ops.abs_sum(sums)), (*moments, sums, p0), None
+        return (partial, ops.abs_sum(flat_sums)), (*moments, sums, p0), None
 
     def finalize(self, sums: list[float] | None) -> dict[str, Any] | None:
         delta_numerator, denominator = sums if sums is not None else (0.0, 0.0)

@@ -13,7 +13,7 @@ What decides a compilation, and what does not:
 * Shapes are dynamic, and contiguous tensors are passed flattened, so one graph serves every
   parameter of a model (dtype and device still count). Rules that call ``ops.project`` (AdamP,
   SGDP) get ``(size(0), -1)`` channel views of their weights instead, as
-  :mod:`~fastoptim.runners.compiled.probe` finds out; non-contiguous tensors such as
+  :mod:`~fastoptim.runners.probe` finds out; non-contiguous tensors such as
   channels_last weights keep their shapes.
 * One call updates a chunk of :data:`~fastoptim.runners.compiled.inputs.CHUNK_SIZE` tensors
   (one loop each), which spreads the fixed cost of a call (wrappers and guards) over the chunk;
@@ -47,6 +47,7 @@ from typing import Any
 
 import torch
 
+from fastoptim.projection import deciding
 from fastoptim.reduction import StackedPartials
 from fastoptim.runners.apply import Apply, apply_rule
 from fastoptim.runners.bucket import Bucket
@@ -54,6 +55,7 @@ from fastoptim.runners.compiled.chunks import bucket_chunks, forget_kept_inputs
 from fastoptim.runners.compiled.inputs import compute_dtype
 from fastoptim.runners.compiled.ops import CompiledOps
 from fastoptim.runners.compiled.plugins import Plugin, plugin_for, registered
+from fastoptim.runners.foreach import run_foreach
 
 #: Distinct graphs one process may compile for the runner's entry point (torch's defaults, 8 per
 #: function and 256 in all, are too few for a library whose optimizers, dtypes and phases all
@@ -167,6 +169,8 @@ def run_compiled(optimizer: Any, bucket: Bucket, update_params: bool, apply: App
         What ``apply`` returned, per tensor (partial sums in a reduction phase), or per chunk a
         :class:`~fastoptim.reduction.StackedPartials` of its rows' partial sums.
     """
+    if deciding():  # projections decided across ranks, which the compiled projection cannot read
+        return run_foreach(optimizer, bucket, update_params, apply)
     scalars = _tensor_scalars(bucket.scalars, bucket.dtype)
     algorithm = _algorithm(optimizer)
     plugin = plugin_for(bucket.device)
