@@ -31,6 +31,8 @@ from torch import nn
 import fastoptim
 from fastoptim.distributed import Sharding
 
+#: Threads of the one-process run, shared out among the ranks on CPU.
+THREADS = torch.get_num_threads()
 #: Steps before timing: the first creates the state (and compiles, on the compiled backend).
 WARMUP = 2
 KWARGS: dict[str, dict[str, Any]] = {
@@ -107,6 +109,8 @@ def _rank(rank: int, world: int, args: argparse.Namespace, init: str, out: str) 
     backend = "nccl" if args.device == "cuda" else "gloo"
     dist.init_process_group(backend, init_method=f"file://{init}", rank=rank, world_size=world)
     device = torch.device(args.device, rank) if args.device == "cuda" else torch.device("cpu")
+    if device.type == "cpu":  # the ranks share the cores that one process uses alone
+        torch.set_num_threads(max(1, THREADS // world))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     from torch.distributed.device_mesh import init_device_mesh

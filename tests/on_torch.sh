@@ -16,4 +16,4 @@ fi
 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_compiled.py tests/test_compiled_chunks.py tests/test_update_scratch.py \
     tests/test_streaming_stores.py tests/test_loop_invariants.py tests/test_partial_sums.py \
-    tests/test_checkpoint.py tests/test_references.py
+    tests/test_checkpoint.py tests/test_references.py tests/test_distributed.py tests/test_distributed_errors.py
