@@ -142,3 +142,23 @@ def test_weights_larger_than_a_loop_block(cls: str, backend: str) -> None:
         opt_theirs.step()
     assert init.numel() > BLOCK_ELEMENTS
     assert torch.equal(ours.detach(), theirs.detach())
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach", "compiled"])
+@pytest.mark.parametrize("shape", [(0, 3), (3, 0), (0, 2, 2)])
+@pytest.mark.parametrize("cls", ["AdamP", "SGDP"])
+def test_weights_of_no_elements(cls: str, shape: tuple[int, ...], backend: str) -> None:
+    """A weight of zero elements steps as torch's Adam steps it: nothing to move, states created,
+    and its neighbours stepped as without it."""
+    torch.manual_seed(0)
+    empty, other = torch.nn.Parameter(torch.randn(shape)), torch.nn.Parameter(torch.randn(4, 3))
+    alone = torch.nn.Parameter(other.detach().clone())
+    optimizer = getattr(fastoptim, cls)([empty, other], lr=0.1, backend=backend)
+    reference = getattr(fastoptim, cls)([alone], lr=0.1, backend=backend)
+    for _ in range(2):
+        grad = torch.randn(4, 3)
+        empty.grad, other.grad, alone.grad = torch.randn(shape), grad, grad.clone()
+        optimizer.step()
+        reference.step()
+    assert empty.shape == shape and optimizer.state[empty]["step"] == 2
+    assert torch.equal(other.detach(), alone.detach())

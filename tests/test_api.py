@@ -190,6 +190,17 @@ def test_create_optimizer_groups_and_errors() -> None:
         fastoptim.create_optimizer(torch.optim.Adam, model, lr=1e-3)
 
 
+def test_create_optimizer_leaves_biases_undecayed_with_the_default_decay_too() -> None:
+    """AdamW's default weight decay (1e-2) gets the same groups as an explicit one."""
+    model = make_model()
+    default = fastoptim.create_optimizer("adamw", model, lr=1e-3)
+    explicit = fastoptim.create_optimizer("adamw", model, lr=1e-3, weight_decay=1e-2)
+    assert [g["weight_decay"] for g in default.param_groups] == [0.0, 1e-2]
+    for ours, theirs in zip(default.param_groups, explicit.param_groups, strict=True):
+        assert [id(p) for p in ours["params"]] == [id(p) for p in theirs["params"]]
+    assert len(fastoptim.create_optimizer("adam", model, lr=1e-3).param_groups) == 1  # default 0
+
+
 def test_foreach_alias() -> None:
     params = [torch.nn.Parameter(torch.zeros(2))]
     assert fastoptim.Adam(params, lr=1e-3, foreach=True).backend == "foreach"

@@ -7,6 +7,7 @@ The dense path is covered by the registry (tests/cases.py) and the golden runs
 from __future__ import annotations
 
 import copy
+import warnings
 
 import dadaptation
 import pytest
@@ -109,9 +110,24 @@ def test_other_optimizers_still_reject_sparse_gradients() -> None:
     model = _model()
     optimizer = fastoptim.DAdaptAdam(model.parameters())
     model["embedding"](torch.tensor([1])).sum().backward()
-    with pytest.raises(RuntimeError, match="DAdaptAdam does not support sparse gradients"):
+    with pytest.raises(RuntimeError, match=r"DAdaptAdam does not support sparse gradients; .*DAdaptAdaGrad"):
         optimizer.step()
     assert not optimizer.state
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach", "compiled"])
+def test_sparse_steps_warn_nothing(backend: str) -> None:
+    """fastoptim's own sparse tensors raise no torch warning (the sparse-invariant one, say)."""
+    model = _model()
+    optimizer = fastoptim.DAdaptAdaGrad(model.parameters(), backend=backend)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            optimizer.zero_grad()
+            model["embedding"](torch.tensor([1, 3])).sum().backward()
+            optimizer.step()
+    ours = [w for w in caught if "fastoptim" in w.filename]
+    assert not ours, [str(w.message) for w in ours]
 
 
 @pytest.mark.parametrize("key", ["sk", "alphak"])

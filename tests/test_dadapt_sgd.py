@@ -66,3 +66,15 @@ def test_saved_state_equals_the_official_one(backend: str) -> None:
     for index, state in official.items():
         for key in ("z", "s", "x0"):
             assert torch.allclose(ours[index][key], state[key], rtol=0, atol=tolerance)
+
+
+def test_state_dict_with_an_entry_that_is_not_a_parameter_state() -> None:
+    """torch's own hook tests keep other entries in ``optimizer.state``; state_dict() skips them."""
+    param = torch.nn.Parameter(torch.randn(3))
+    optimizer = fastoptim.DAdaptSGD([param])
+    for _ in range(2):
+        param.grad = torch.randn(3)
+        optimizer.step()
+    optimizer.state["note"] = 1
+    state = optimizer.state_dict()["state"][0]
+    torch.testing.assert_close(state["z"], state["x0"] - state["s"])

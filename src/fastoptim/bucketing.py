@@ -32,7 +32,10 @@ def prepare_buckets(
         shared: The step's :meth:`~fastoptim.Optimizer.global_scalars`.
     """
     if optimizer.SPARSE_STATE_KEYS is None and any(p.grad.is_sparse for p in params):
-        raise RuntimeError(f"{type(optimizer).__name__} does not support sparse gradients")
+        raise RuntimeError(
+            f"{type(optimizer).__name__} does not support sparse gradients; of fastoptim's optimizers, "
+            "DAdaptAdaGrad accepts them (as the official one does)"
+        )
     lr = float(group["lr"])
     dense_keys = optimizer.state_keys(group)
     kahan_allowed = group["kahan_sum"] is not False

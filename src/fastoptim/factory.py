@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from typing import Any
 
@@ -53,6 +54,14 @@ def param_groups_weight_decay(
     ]
 
 
+def _default_weight_decay(cls: type[Optimizer]) -> Any:
+    """The class's default ``weight_decay`` (0 where it has none)."""
+    parameter = inspect.signature(cls).parameters.get("weight_decay")
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return 0.0
+    return parameter.default
+
+
 def create_optimizer(
     name_or_class: str | type[Optimizer],
     model_or_params: nn.Module | Iterable[Tensor] | Iterable[dict[str, Any]],
@@ -61,7 +70,8 @@ def create_optimizer(
     """Builds an optimizer from its name, case-insensitively (``"adamw"``, ``"Lion"``).
 
     Underscores and dashes are ignored, so ``"dadapt_adam"`` names ``DAdaptAdam``. Given a module
-    and a nonzero ``weight_decay``, biases and normalisation weights are left undecayed with
+    and a nonzero ``weight_decay`` (passed, or the class default, as AdamW's 1e-2), biases and
+    normalisation weights are left undecayed with
     :func:`param_groups_weight_decay` (as timm does); pass ``model.parameters()`` to decay all.
 
     Args:
@@ -83,7 +93,7 @@ def create_optimizer(
         raise TypeError(f"name_or_class must be a name or a fastoptim optimizer class, got {name_or_class!r}")
     params: Any = model_or_params
     if isinstance(model_or_params, nn.Module):
-        weight_decay = kwargs.get("weight_decay")
+        weight_decay = kwargs.get("weight_decay", _default_weight_decay(cls))
         if weight_decay:
             params = param_groups_weight_decay(model_or_params, weight_decay)
         else:

@@ -76,7 +76,7 @@ def project(
     Returns:
         The update and the weight-decay multiplier (``wd_ratio`` if projected, else 1).
     """
-    if param.ndim <= 1:
+    if param.ndim <= 1 or param.numel() == 0:  # a weight of no elements has no direction
         return update, 1.0
     decided = _DECIDED.get()
     if decided is not None and id(param) in decided:
@@ -180,6 +180,8 @@ def _shard_statistics(param: Tensor, grad: Tensor, eps: float) -> tuple[Tensor, 
 def _decide_sharded(largest: float, sums: list[float], columns: int, s: Any) -> Decided:
     """Adamp's decision (channel view first, then layer view) from the whole weight's statistics."""
     dot, grad_square, param_square, rows = sums
+    if rows == 0 or columns == 0:  # a weight of no elements
+        return Decided(None)
     if largest < s.delta / math.sqrt(columns):
         return Decided("channel")
     param_norm = math.sqrt(param_square)

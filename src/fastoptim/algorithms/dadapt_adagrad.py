@@ -31,7 +31,7 @@ def _values_at(dense: Tensor, grad: Tensor) -> Tensor:
 
 
 def _sparse_like(grad: Tensor, values: Tensor) -> Tensor:
-    return torch.sparse_coo_tensor(grad.indices(), values, grad.shape)
+    return torch.sparse_coo_tensor(grad.indices(), values, grad.shape, check_invariants=False)
 
 
 class DAdaptAdaGrad(Optimizer):

@@ -177,6 +177,6 @@ class DAdaptSGD(Optimizer):
     def state_dict(self) -> dict[str, Any]:
         """The state as :class:`torch.optim.Optimizer` saves it, with ``z`` = ``x0 - s`` filled in."""
         for state in self.state.values():
-            if "z" in state:
+            if isinstance(state, dict) and "z" in state:  # (hooks may keep other entries there)
                 torch.sub(state["x0"], state["s"], out=state["z"])
         return super().state_dict()

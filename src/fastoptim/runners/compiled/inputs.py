@@ -122,7 +122,7 @@ def as_input(tensor: Tensor | None, keep_channels: bool) -> Tensor | None:
     if not tensor.is_contiguous():
         return tensor.detach()
     if keep_channels and tensor.dim() >= 2:
-        return tensor.view(tensor.size(0), -1).detach()  # detached, not a view: no base to guard on
+        return tensor.flatten(1).detach()  # detached, not a view: no base to guard on
     return tensor.view(-1).detach()
 
 

@@ -215,11 +215,12 @@ class CompiledOps:
             return update, 1.0
         p = param.to(grad.dtype)
         expand = [-1] + [1] * (param.ndim - 1)
-        p2, g2, u2 = (t.reshape(t.size(0), -1) for t in (p, grad, update))
+        p2, g2, u2 = (t.flatten(1) for t in (p, grad, update))  # (also a weight of no rows)
         dot, grad_sq = (g2 * p2).sum(dim=1), (g2 * g2).sum(dim=1)
         param_sq, radial = (p2 * p2).sum(dim=1), (p2 * u2).sum(dim=1)
         grad_norm, param_norm = grad_sq.sqrt(), param_sq.sqrt()
-        channel = (dot.abs() / (grad_norm.clamp(min=eps) * param_norm.clamp(min=eps))).max()
+        cosines = dot.abs() / (grad_norm.clamp(min=eps) * param_norm.clamp(min=eps))
+        channel = torch.cat((cosines, cosines.new_zeros(1))).max()  # 0 for a weight of no rows
         layer_norm = param_sq.sum().sqrt()
         layer = dot.sum().abs() / (grad_sq.sum().sqrt().clamp(min=eps) * layer_norm.clamp(min=eps))
         # cos < delta / sqrt(dim), squared: a square root of a symbolic size would specialise it
