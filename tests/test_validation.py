@@ -74,15 +74,18 @@ def test_bad_params(params, error, name) -> None:
         fastoptim.Adam(params, lr=1e-3)
 
 
-def test_duplicate_params_across_groups() -> None:
-    shared = torch.nn.Parameter(torch.zeros(2))
-    with pytest.raises(ValueError, match="params"):
+def test_duplicate_params_say_where_they_are() -> None:
+    shared, other = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    with pytest.raises(ValueError, match="parameter 0 of this group is already parameter 0 in param group 0"):
         fastoptim.Adam([{"params": [shared]}, {"params": [shared]}], lr=1e-3)
-    with pytest.raises(ValueError, match="params"):
-        fastoptim.Adam([shared, shared], lr=1e-3)
-    optimizer = fastoptim.Adam([shared], lr=1e-3)
-    with pytest.raises(ValueError, match="params"):
+    with pytest.raises(
+        ValueError, match="parameter 2 of this group is already parameter 0 earlier in this group"
+    ):
+        fastoptim.Adam([shared, other, shared], lr=1e-3)
+    optimizer = fastoptim.Adam([other, shared], lr=1e-3)
+    with pytest.raises(ValueError, match="already parameter 1 in param group 0"):
         optimizer.add_param_group({"params": [shared]})
+    assert len(optimizer.param_groups) == 1
 
 
 @pytest.mark.parametrize("cls", [fastoptim.Adam, fastoptim.AdamW, fastoptim.SGD, fastoptim.Lion])

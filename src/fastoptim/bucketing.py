@@ -125,7 +125,10 @@ def _new_bucket(
     l2, decay_rate = optimizer.weight_decay_terms(group, lr)
     if sparse:
         l2 = 0.0
-    scalars = SimpleNamespace(lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision)
+    maximize = bool(group.get("maximize", False))  # (groups saved before it existed lack it)
+    scalars = SimpleNamespace(
+        lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision, maximize=maximize
+    )
     scalars.__dict__.update(shared)
     scalars.__dict__.update(optimizer.scalars(group, step, lr))
     return Bucket(

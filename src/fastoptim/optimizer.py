@@ -67,6 +67,16 @@ def _choose_backend(backend: Any, foreach: bool | None) -> str:
     return alias
 
 
+def _split_names(params: list[Any]) -> tuple[list[Any], list[str] | None]:
+    """``(name, tensor)`` pairs (``model.named_parameters()``, torch >= 2.6) -> tensors and names."""
+    named = [isinstance(p, tuple) for p in params]
+    if not any(named):
+        return params, None
+    if not all(named):
+        raise ValueError("params: give all parameters of a group with names or none (some names are missing)")
+    return [p for _, p in params], [name for name, _ in params]
+
+
 class Optimizer(torch.optim.Optimizer):
     """A ``torch.optim.Optimizer`` whose maths is one rule shared by every execution path.
 
@@ -84,6 +94,8 @@ class Optimizer(torch.optim.Optimizer):
             partition of one's own): statistics over more than one element are all-reduced over
             it. None (default): detected from DTensor parameters (FSDP2); see
             :mod:`fastoptim.distributed`.
+        maximize: Maximize the objective: step along the gradient instead of against it, as
+            torch.optim's ``maximize`` (default: False; a per-group option).
         **defaults: The algorithm's hyperparameters, the default options of every param group.
             Subclasses pass ``**hyperparameters(locals())``, so that their signature is the
             single list of arguments.
@@ -124,6 +136,7 @@ class Optimizer(torch.optim.Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
         **defaults: Any,
     ) -> None:
         if isinstance(params, (set, Tensor)):
@@ -151,7 +164,7 @@ class Optimizer(torch.optim.Optimizer):
         #: Ids of the parameters gradient release stepped since the last step() whose gradient DDP
         #: keeps (see :mod:`fastoptim.gradient_release`): step() does not step them again.
         self.released: set[int] = set()
-        super().__init__(params, {**defaults, "kahan_sum": kahan_sum})
+        super().__init__(params, {**defaults, "kahan_sum": kahan_sum, "maximize": maximize})
 
     # ------------------------------------------------------------------ algorithm interface
 
@@ -255,19 +268,28 @@ class Optimizer(torch.optim.Optimizer):
             params = [params]
         elif isinstance(params, set):
             raise TypeError("params must be an ordered collection of tensors, not a set")
-        params = list(params)
-        seen: set[int] = set()
-        for group in self.param_groups:
-            seen.update(id(p) for p in group["params"])
-        for p in params:
+        params, names = _split_names(list(params))
+        if self.param_groups and ("param_names" in self.param_groups[0]) != (names is not None):
+            raise ValueError(
+                "params: give every param group's parameters with names (model.named_parameters()) "
+                "or none of them"
+            )
+        groups = enumerate(self.param_groups)
+        where = {id(p): (g, i) for g, group in groups for i, p in enumerate(group["params"])}
+        this = len(self.param_groups)
+        for i, p in enumerate(params):
             if not isinstance(p, Tensor):
                 raise TypeError(f"params must contain only tensors, got {type(p).__name__}")
             if p.dtype not in SUPPORTED_DTYPES:
                 raise TypeError(f"params: dtype {p.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
-            if id(p) in seen:
-                raise ValueError("params: a parameter appears more than once across parameter groups")
-            seen.add(id(p))
+            if id(p) in where:
+                g, j = where[id(p)]
+                place = "earlier in this group" if g == this else f"in param group {g}"
+                raise ValueError(f"params: parameter {i} of this group is already parameter {j} {place}")
+            where[id(p)] = (this, i)
         group = {**param_group, "params": params}
+        if names is not None:
+            group["param_names"] = names
         for name, default in self.defaults.items():
             group.setdefault(name, default)
         self._check_common(group)
@@ -286,6 +308,7 @@ class Optimizer(torch.optim.Optimizer):
     def _check_common(self, group: dict[str, Any]) -> None:
         check_nonnegative(group["lr"], "lr")
         check_bool(group["kahan_sum"], "kahan_sum", allow_none=True)
+        check_bool(group.get("maximize", False), "maximize")
         check_weight_decay(group)
 
     # ------------------------------------------------------------------ stepping

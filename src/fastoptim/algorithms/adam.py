@@ -50,7 +50,7 @@ class Adam(Optimizer):
         decouple_wd: Decoupled weight decay, as AdamW (default: False).
         decouple_lr: Fully decoupled weight decay (default: False).
         max_lr: Peak scheduled learning rate for ``decouple_lr`` (default: None, meaning ``lr``).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -72,6 +72,7 @@ class Adam(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 
@@ -117,7 +118,7 @@ class AdamW(Adam):
         eps: Added to the denominator (default: 1e-6).
         decouple_lr: Fully decoupled weight decay (default: False).
         max_lr: Peak scheduled learning rate for ``decouple_lr`` (default: None, meaning ``lr``).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -136,5 +137,6 @@ class AdamW(Adam):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         super().__init__(params, decouple_wd=True, **hyperparameters(locals()))

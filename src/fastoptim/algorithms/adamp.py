@@ -79,7 +79,7 @@ class AdamP(Optimizer):
         delta: Projection threshold :math:`\delta` (default: 0.1).
         wd_ratio: Decay multiplier for projected weights (default: 0.1).
         nesterov: Nesterov momentum in the update (default: False).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -101,6 +101,7 @@ class AdamP(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 
@@ -190,7 +191,7 @@ class SGDP(Optimizer):
         eps: Guards the norms (default: 1e-8).
         delta: Projection threshold :math:`\delta` (default: 0.1).
         wd_ratio: Decay multiplier for projected weights (default: 0.1).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -213,6 +214,7 @@ class SGDP(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 

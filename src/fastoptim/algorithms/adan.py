@@ -66,7 +66,7 @@ class Adan(Optimizer):
             Needs the whole step, so it cannot be combined with ``gradient_release=True``.
         no_prox: AdamW-style decay instead of the proximal step (default: False).
         fused: Only None or False are accepted (no fused kernel yet).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -88,6 +88,7 @@ class Adan(Optimizer):
         fused: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         if fused:
             raise ValueError("fused=True is not available; use backend='loop' or 'foreach'")

@@ -49,8 +49,9 @@ class ADOPT(Optimizer):
     clip count are per parameter in every backend (the official foreach path uses the first
     tensor's step for the whole bucket, so a parameter that first gets a gradient late is divided
     by :math:`\epsilon` there); ``clip_lambda`` is, as officially, an optimizer attribute rather
-    than a group option, so it is not in ``state_dict()``, but the default pickles. ``maximize``,
-    ``capturable`` and ``differentiable`` are not supported; ``fused=True`` raises.
+    than a group option, so it is not in ``state_dict()``, but the default pickles. ``maximize``
+    works as officially; ``capturable`` and ``differentiable`` are not supported; ``fused=True``
+    raises.
 
     Args:
         params: Tensors to optimise or dicts defining parameter groups.
@@ -61,7 +62,7 @@ class ADOPT(Optimizer):
         weight_decay: Decay coefficient :math:`\lambda` (default: 0).
         decouple: Decoupled (AdamW-style) weight decay instead of L2 (default: False).
         fused: Only None or False are accepted (no fused kernel yet).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -83,6 +84,7 @@ class ADOPT(Optimizer):
         fused: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         if clip_lambda is not None and not callable(clip_lambda):
             raise TypeError(f"clip_lambda must be a function of the step count or None, got {clip_lambda!r}")

@@ -91,7 +91,7 @@ class DAdaptAdaGrad(Optimizer):
         eps: Added to :math:`\sqrt{\alpha}` (default: 1e-6).
         d0: Initial distance estimate (default: 1e-6).
         growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -124,6 +124,7 @@ class DAdaptAdaGrad(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

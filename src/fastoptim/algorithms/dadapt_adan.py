@@ -55,7 +55,7 @@ class DAdaptAdan(Optimizer):
         log_every: Log d every this many steps; 0 disables (default: 0).
         d0: Initial distance estimate (default: 1e-6).
         growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -80,6 +80,7 @@ class DAdaptAdan(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

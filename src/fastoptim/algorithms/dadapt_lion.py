@@ -52,7 +52,7 @@ class DAdaptLion(Optimizer):
         fsdp_in_use: With plain-tensor parameters, sum the statistics over the default process
             group, as officially (default: False). Not needed under FSDP2 (detected) or with
             ``shard_group``.
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -74,6 +74,7 @@ class DAdaptLion(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         check_nonnegative(lr, "lr")
         arguments = hyperparameters(locals())

@@ -67,7 +67,7 @@ class DAdaptSGD(Optimizer):
         fsdp_in_use: With plain-tensor parameters, sum the statistics over the default process
             group, as officially (default: False). Not needed under FSDP2 (detected) or with
             ``shard_group``.
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -93,6 +93,7 @@ class DAdaptSGD(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

@@ -80,7 +80,7 @@ class Prodigy(Optimizer):
             group, as officially (default: False). Not needed under FSDP2 (detected) or with
             ``shard_group``.
         slice_p: Estimate from every ``slice_p``-th element only, to save memory (default: 1).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -109,6 +109,7 @@ class Prodigy(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

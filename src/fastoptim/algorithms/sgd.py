@@ -37,7 +37,7 @@ class SGD(Optimizer):
         decouple_wd: Decoupled weight decay (default: False).
         decouple_lr: Fully decoupled weight decay (default: False).
         max_lr: Peak scheduled learning rate for ``decouple_lr`` (default: None, meaning ``lr``).
-        kahan_sum, backend, foreach, gradient_release, shard_group: As for every fastoptim optimizer
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
             (:class:`fastoptim.Optimizer`).
     """
 
@@ -58,6 +58,7 @@ class SGD(Optimizer):
         foreach: bool | None = None,
         gradient_release: bool = False,
         shard_group: Any = None,
+        maximize: bool = False,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 

@@ -26,9 +26,14 @@ def _working_states(ops: Any, states: tuple[Any, ...], scalars: SimpleNamespace)
 
 
 def _prepared_grad(ops: Any, param: Any, grad: Any, scalars: SimpleNamespace, update_params: bool) -> Any:
-    """The gradient the rule reads: float32 for low precision, plus L2 decay when parameters move."""
+    """The gradient the rule reads: float32 for low precision, negated to maximize, plus L2 decay.
+
+    As torch.optim: the sign first, then the decay (only when parameters move).
+    """
     if scalars.low_precision:
         grad = ops.to_fp32(grad)
+    if scalars.maximize:
+        grad = ops.neg(grad)
     if update_params and is_set(scalars.l2):
         grad = ops.add(grad, param, alpha=scalars.l2)
     return grad

@@ -106,6 +106,10 @@ class TensorOps:
         """Returns ``x - y``."""
         return torch.sub(x, y, out=self.workspace.take(x))
 
+    def neg(self, x: Tensor) -> Tensor:
+        """Returns ``-x`` (also for a sparse gradient)."""
+        return -x if x.is_sparse else torch.neg(x, out=self.workspace.take(x))
+
     def lerp(self, x: Tensor, y: Tensor, weight: float) -> Tensor:
         """Returns ``x + weight * (y - x)``."""
         return torch.lerp(x, y, weight, out=self.workspace.take(x))
@@ -195,6 +199,10 @@ class ForeachOps:
     @staticmethod
     def each(values: list[float], function: Callable[[float], float]) -> list[float]:
         return [function(value) for value in values]
+
+    @staticmethod
+    def neg(x: TensorList) -> TensorList:
+        return list(torch._foreach_neg(x))
 
     @staticmethod
     def add(x: TensorList, y: TensorList | float, *, alpha: float = 1.0) -> TensorList:

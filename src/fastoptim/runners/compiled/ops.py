@@ -105,6 +105,7 @@ class CompiledOps:
     div_ = staticmethod(Tensor.div_)
     copy_ = staticmethod(Tensor.copy_)
     sub = staticmethod(torch.sub)
+    neg = staticmethod(torch.neg)
     mul = staticmethod(torch.mul)
     sqrt = staticmethod(torch.sqrt)
     div = staticmethod(torch.div)

@@ -1,0 +1,95 @@
+"""torch.optim's conventions: named parameters and ``maximize``, against torch.optim itself."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastoptim
+from tests.cases import CASES_BY_NAME, REPRESENTATIVE_CASES
+from tests.problems import make_batches, make_model, train
+
+
+def test_named_parameters_as_torch_takes_them() -> None:
+    """``model.named_parameters()`` gives groups and state dicts the ``param_names`` torch gives."""
+    ours_model, theirs_model = make_model(), make_model()
+    ours = fastoptim.AdamW(ours_model.named_parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8)
+    theirs = torch.optim.AdamW(theirs_model.named_parameters(), lr=1e-2, foreach=False)
+    batches = make_batches(3)
+    train(ours_model, ours, batches)
+    train(theirs_model, theirs, batches)
+    names = [name for name, _ in ours_model.named_parameters()]
+    assert ours.param_groups[0]["param_names"] == names
+    assert (
+        ours.state_dict()["param_groups"][0]["param_names"]
+        == theirs.state_dict()["param_groups"][0]["param_names"]
+    )
+    for a, b in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    resumed = fastoptim.AdamW(make_model().named_parameters(), lr=1e-2)
+    resumed.load_state_dict(ours.state_dict())
+    assert resumed.param_groups[0]["param_names"] == names
+
+
+def test_named_and_unnamed_parameters_do_not_mix() -> None:
+    model = make_model()
+    named = list(model.named_parameters())
+    with pytest.raises(ValueError, match="with names or none"):
+        fastoptim.Adam([named[0], named[1][1]], lr=1e-3)
+    optimizer = fastoptim.Adam(named[:2], lr=1e-3)
+    with pytest.raises(ValueError, match=r"with names .*or none of them"):
+        optimizer.add_param_group({"params": [p for _, p in named[2:]]})
+    optimizer.add_param_group({"params": named[2:]})
+    assert optimizer.param_groups[1]["param_names"] == [name for name, _ in named[2:]]
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach", "compiled"])
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        ("Adam", dict(lr=1e-2, weight_decay=0.1)),
+        ("AdamW", dict(lr=1e-2, weight_decay=0.1)),
+        ("SGD", dict(lr=1e-2, momentum=0.9, weight_decay=0.1)),
+    ],
+)
+def test_maximize_as_torch(cls: str, kwargs: dict, backend: str) -> None:
+    """torch's ``maximize=True``: the gradient negated before L2 decay."""
+    ours_model, theirs_model = make_model(), make_model()
+    torch_kwargs = {**kwargs, "betas": (0.9, 0.999), "eps": 1e-8} if cls != "SGD" else kwargs
+    ours_kwargs = {**torch_kwargs, "decouple_wd": cls == "AdamW"} if cls != "AdamW" else torch_kwargs
+    ours = getattr(fastoptim, cls)(ours_model.parameters(), maximize=True, backend=backend, **ours_kwargs)
+    theirs = getattr(torch.optim, cls)(
+        theirs_model.parameters(), maximize=True, foreach=False, **torch_kwargs
+    )
+    batches = make_batches(4)
+    train(ours_model, ours, batches)
+    train(theirs_model, theirs, batches)
+    for a, b in zip(ours_model.parameters(), theirs_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach"])
+@pytest.mark.parametrize("case", [*REPRESENTATIVE_CASES, CASES_BY_NAME["adan_prox_clip"]], ids=str)
+def test_maximize_equals_the_negated_gradient(case, backend: str) -> None:
+    """Every optimizer with ``maximize=True`` takes the steps it takes on the negated gradients."""
+    generator = torch.Generator().manual_seed(0)
+    shapes = [(5, 4), (4,), (3, 2, 2)]
+    start = [torch.randn(shape, generator=generator) for shape in shapes]
+    grads = [[torch.randn(shape, generator=generator) for shape in shapes] for _ in range(4)]
+    results = []
+    for maximize, sign in ((True, 1.0), (False, -1.0)):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        optimizer = case.build(params, maximize=maximize, backend=backend)
+        for step in grads:
+            for param, grad in zip(params, step, strict=True):
+                param.grad = sign * grad
+            optimizer.step()
+        results.append([p.detach() for p in params])
+    for a, b, first in zip(*results, start, strict=True):
+        assert not torch.equal(a, first)
+        assert torch.equal(a, b)
+
+
+def test_maximize_is_checked() -> None:
+    with pytest.raises(TypeError, match="maximize"):
+        fastoptim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, maximize="yes")
