@@ -37,6 +37,7 @@ from fastoptim.reduction import ONE_PASS_KEY, informative_record, reduce_and_upd
 from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
 from fastoptim.runners.apply import apply_rule
 from fastoptim.runners.ops import Workspace
+from fastoptim.state_formats import translate
 from fastoptim.validation import check_bool, check_nonnegative
 from fastoptim.weight_decay import check_weight_decay, decay_terms
 
@@ -403,7 +404,7 @@ class Optimizer(torch.optim.Optimizer):
         with them, so that their memory is freed now, not at the next step (a resumed run would
         otherwise hold two copies of the optimizer's state through its first forward and backward).
         """
-        state_dict = dict(state_dict)
+        state_dict = translate(self, dict(state_dict))  # also other libraries' (fastoptim.state_formats)
         record = state_dict.pop(ONE_PASS_KEY, None)
         super().load_state_dict(state_dict)
         runners.forget(self)
