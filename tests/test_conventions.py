@@ -93,3 +93,31 @@ def test_maximize_equals_the_negated_gradient(case, backend: str) -> None:
 def test_maximize_is_checked() -> None:
     with pytest.raises(TypeError, match="maximize"):
         fastoptim.Adam([torch.nn.Parameter(torch.zeros(2))], lr=1e-3, maximize="yes")
+
+
+@pytest.mark.parametrize("name", ["adamw", "prodigy"])
+def test_torch_compile_of_step_runs_the_step_without_recompiling(name: str) -> None:
+    """torch's recipe ``torch.compile(optimizer.step)``: no graph, no recompile as a scheduler
+    moves lr, and the eager step's results."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    case = CASES_BY_NAME[name]
+    models = [make_model(), make_model()]
+    optimizers = [case.build(model.parameters()) for model in models]
+    schedulers = [torch.optim.lr_scheduler.LinearLR(o, start_factor=0.5, total_iters=4) for o in optimizers]
+    torch._dynamo.reset()
+    counters.clear()
+    compiled_step = torch.compile(optimizers[0].step)
+    for batch in make_batches(5):
+        for model, optimizer, scheduler, step in zip(
+            models, optimizers, schedulers, (compiled_step, optimizers[1].step), strict=True
+        ):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(model(batch[0]), batch[1]).backward()
+            step()
+            scheduler.step()
+    assert counters["stats"]["unique_graphs"] == 0
+    assert sum(counters["recompiles"].values()) == 0
+    for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        assert torch.equal(a, b)

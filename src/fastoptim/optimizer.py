@@ -314,9 +314,14 @@ class Optimizer(torch.optim.Optimizer):
 
     # ------------------------------------------------------------------ stepping
 
+    @torch._disable_dynamo  # as torch.optim's own zero_grad and state_dict: see below
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Performs one optimisation step on every parameter that has a gradient.
+
+        ``torch.compile(optimizer.step)``, torch's recipe for compiling an optimizer, runs this
+        step as it is: dynamo skips it (tracing it would recompile as schedulers and steps change
+        the scalars). ``backend="compiled"`` is how fastoptim compiles its steps.
 
         Args:
             closure: Re-evaluates the model and returns the loss (optional).
