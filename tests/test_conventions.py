@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 
@@ -121,3 +123,71 @@ def test_torch_compile_of_step_runs_the_step_without_recompiling(name: str) -> N
     assert sum(counters["recompiles"].values()) == 0
     for a, b in zip(models[0].parameters(), models[1].parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def _complex_run(build: Any, backend: str | None = None) -> list[torch.Tensor]:
+    """Four steps on two complex parameters and a real one, with seeded gradients."""
+    torch.manual_seed(0)
+    params = [
+        torch.nn.Parameter(torch.randn(5, 3, dtype=torch.complex64)),
+        torch.nn.Parameter(torch.randn(4, dtype=torch.complex64)),
+        torch.nn.Parameter(torch.randn(4)),
+    ]
+    optimizer = build(params) if backend is None else build(params, backend=backend)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(4):
+        for param in params:
+            param.grad = torch.randn(param.shape, dtype=param.dtype, generator=generator)
+        optimizer.step()
+    return [param.detach() for param in params]
+
+
+#: name -> (fastoptim, the official or torch's optimizer), on complex parameters.
+COMPLEX = {
+    "Adam": (
+        lambda p, **b: fastoptim.Adam(p, lr=1e-2, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8, **b),
+        lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=0.1, foreach=False),
+    ),
+    "AdamW": (
+        lambda p, **b: fastoptim.AdamW(p, lr=1e-2, betas=(0.9, 0.999), eps=1e-8, **b),
+        lambda p: torch.optim.AdamW(p, lr=1e-2, foreach=False),
+    ),
+    "SGD": (
+        lambda p, **b: fastoptim.SGD(p, lr=1e-2, momentum=0.9, nesterov=True, **b),
+        lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, nesterov=True, foreach=False),
+    ),
+    "ADOPT": (
+        lambda p, **b: fastoptim.ADOPT(p, lr=1e-2, **b),
+        lambda p: __import__("adopt").ADOPT(p, lr=1e-2, foreach=False),
+    ),
+    "Adan": (
+        lambda p, **b: fastoptim.Adan(p, lr=1e-2, max_grad_norm=0.5, **b),
+        lambda p: __import__("pytorch_optimizer").Adan(p, lr=1e-2, max_grad_norm=0.5, foreach=False),
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["loop", "foreach"])
+@pytest.mark.parametrize("name", list(COMPLEX))
+def test_complex_parameters_as_the_official_code(name: str, backend: str) -> None:
+    """Complex parameters step through their real views, as torch.optim, torch-adopt and
+    pytorch-optimizer step them (Adan's clipping norm counts both parts)."""
+    ours, theirs = COMPLEX[name]
+    for got, want in zip(_complex_run(ours, backend), _complex_run(theirs), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+def test_complex_parameters_compiled() -> None:
+    ours, theirs = COMPLEX["Adam"]
+    for got, want in zip(_complex_run(ours, "compiled"), _complex_run(theirs), strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", REPRESENTATIVE_CASES, ids=str)
+def test_complex_parameters_refused_where_the_official_code_has_none(case) -> None:
+    param = torch.nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    if case.optimizer.__name__ in COMPLEX:
+        case.build([param])
+        return
+    with pytest.raises(TypeError, match=f"{case.optimizer.__name__} does not step complex parameters"):
+        case.build([param])

@@ -65,7 +65,7 @@ def test_bad_hyperparameter_in_a_param_group() -> None:
     [
         ([1.0, 2.0], TypeError, "params"),
         ([torch.zeros(2, dtype=torch.int64)], TypeError, "params"),
-        ([torch.zeros(2, dtype=torch.complex64, requires_grad=True)], TypeError, "params"),
+        ([torch.zeros(2, dtype=torch.int8, requires_grad=False)], TypeError, "params"),
         ({torch.zeros(2, requires_grad=True)}, TypeError, "params"),
     ],
 )

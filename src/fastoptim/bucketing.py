@@ -6,6 +6,7 @@ unit a runner works on, sharing one set of scalars.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,8 @@ def prepare_buckets(
     dense_keys = optimizer.state_keys(group)
     kahan_allowed = group["kahan_sum"] is not False
     own = local if optimizer.has_dtensors else _same  # runners step DTensors' local shards
+    if any(p.is_complex() for p in params):  # and complex tensors' real views (as torch.optim)
+        own = _real_view(own)
     buckets: dict[tuple[int, torch.device, torch.dtype, bool], Bucket] = {}
     for p in params:
         sparse = p.grad.is_sparse
@@ -110,6 +113,14 @@ def _same(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def _real_view(own: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    def real(tensor: Tensor) -> Tensor:
+        tensor = own(tensor)
+        return torch.view_as_real(tensor) if tensor.is_complex() else tensor
+
+    return real
+
+
 def _new_bucket(
     optimizer: Optimizer,
     group: dict[str, Any],
@@ -133,7 +144,7 @@ def _new_bucket(
     scalars.__dict__.update(optimizer.scalars(group, step, lr))
     return Bucket(
         device=p.device,
-        dtype=p.dtype,
+        dtype=p.real.dtype if p.is_complex() else p.dtype,  # complex: the real views
         scalars=scalars,
         states=[[] for _ in range(n_states)],
         kahan_comps=[] if low_precision and kahan_allowed else None,

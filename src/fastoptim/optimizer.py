@@ -42,6 +42,8 @@ from fastoptim.validation import check_bool, check_nonnegative
 from fastoptim.weight_decay import check_weight_decay, decay_terms
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+#: Complex dtypes, for the algorithms whose official code takes them (:attr:`Optimizer.COMPLEX`).
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
 #: What a rule returns: a function adding the update to its argument, and the new states.
 RuleResult = tuple[Callable[[Any], Any], tuple[Any, ...]]
@@ -127,6 +129,9 @@ class Optimizer(torch.optim.Optimizer):
     SPARSE_STATE_KEYS: ClassVar[tuple[str, ...] | None] = None
     #: Optimizer attributes (beyond groups and state) that pickling and deepcopy keep.
     PICKLED_ATTRIBUTES: ClassVar[tuple[str, ...]] = ()
+    #: True where the official code steps complex parameters as torch.optim does, through their
+    #: real views (each real and imaginary part an element of its own).
+    COMPLEX: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -281,7 +286,12 @@ class Optimizer(torch.optim.Optimizer):
         for i, p in enumerate(params):
             if not isinstance(p, Tensor):
                 raise TypeError(f"params must contain only tensors, got {type(p).__name__}")
-            if p.dtype not in SUPPORTED_DTYPES:
+            if p.dtype in COMPLEX_DTYPES and not self.COMPLEX:
+                raise TypeError(
+                    f"params: {type(self).__name__} does not step complex parameters (its official code does "
+                    "not); Adam, AdamW, SGD, ADOPT and Adan do, through real views as torch.optim"
+                )
+            if p.dtype not in SUPPORTED_DTYPES + COMPLEX_DTYPES:
                 raise TypeError(f"params: dtype {p.dtype} is not supported; use one of {SUPPORTED_DTYPES}")
             if id(p) in where:
                 g, j = where[id(p)]

@@ -55,6 +55,7 @@ class Adam(Optimizer):
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
+    COMPLEX = True
 
     def __init__(
         self,

@@ -71,6 +71,7 @@ class Adan(Optimizer):
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
+    COMPLEX = True
 
     def __init__(
         self,
@@ -140,6 +141,7 @@ class Adan(Optimizer):
         if grads:
             total = torch.zeros(1, dtype=torch.float32, device=grads[0].device)
             for grad in grads:
+                grad = torch.view_as_real(grad) if grad.is_complex() else grad  # |g|^2 of each element
                 total.add_(grad.to(torch.float32).pow(2).sum().to(total.device))
         if self.sharding is not None:  # every rank's shards (one all-reduce)
             total = self.sharding.sum(total)

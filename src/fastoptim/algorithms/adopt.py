@@ -67,6 +67,7 @@ class ADOPT(Optimizer):
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
+    COMPLEX = True
 
     def __init__(
         self,
