@@ -17,6 +17,8 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 
+from fastoptim.bench.report import format_hyperparameters
+
 
 def _smooth(values: list[float | None], weight: float) -> list[float]:
     """Exponential moving average with bias correction; missing values carry the average on."""
@@ -27,6 +29,12 @@ def _smooth(values: list[float | None], weight: float) -> list[float]:
             total = weight * total + (1 - weight)
         out.append(average / total if total else math.nan)
     return out
+
+
+#: Line styles and markers cycled over the optimizers, so that curves lying on each other (Adam
+#: and AdamW) both show.
+LINE_STYLES = ("-", "--", "-.", ":")
+MARKERS = ("o", "s", "^", "v", "D")
 
 
 def _colors(count: int) -> list[Any]:
@@ -40,14 +48,19 @@ def _colors(count: int) -> list[Any]:
 def plot_losses(results: dict[str, Any], path: Path) -> None:
     """Training and validation loss curves of every optimizer, side by side."""
     entries = results["optimizers"]
-    figure, (train_axis, validation_axis) = plt.subplots(1, 2, figsize=(12, 4.8), sharey=True)
+    figure, (train_axis, validation_axis) = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
     ceiling = []
-    for entry, color in zip(entries, _colors(len(entries)), strict=True):
+    for index, (entry, color) in enumerate(zip(entries, _colors(len(entries)), strict=True)):
         curves = entry["curves"]
+        style = LINE_STYLES[index % len(LINE_STYLES)]  # lines that coincide stay visible
+        label = f"{entry['name']} ({format_hyperparameters(entry['hyperparameters'])})"
         train = _smooth(curves["train_loss"], 0.9)
-        train_axis.plot(range(1, len(train) + 1), train, color=color, label=entry["name"])
+        train_axis.plot(range(1, len(train) + 1), train, style, color=color, label=label)
         validation = [math.nan if v is None else v for v in curves["validation_loss"]]
-        validation_axis.plot(curves["eval_steps"], validation, "o-", color=color, markersize=3)
+        marker = MARKERS[index % len(MARKERS)]
+        validation_axis.plot(
+            curves["eval_steps"], validation, style, marker=marker, color=color, markersize=3
+        )
         ceiling += [v for v in curves["validation_loss"] if v is not None]
     settings = results["settings"]
     if ceiling:  # keep the interesting range: from the best loss to the worst of the final ones
@@ -55,7 +68,7 @@ def plot_losses(results: dict[str, Any], path: Path) -> None:
         low, high = min(ceiling), max(finals)
         margin = max(high - low, 0.05)
         train_axis.set_ylim(low - 0.3 * margin, high + margin)
-    train_axis.set_title("training loss (minibatch, smoothed)")
+    train_axis.set_title("training loss (minibatch, smoothed; tuned learning rates)")
     validation_axis.set_title("validation loss")
     for axis in (train_axis, validation_axis):
         axis.set_xlabel("step")
@@ -66,7 +79,7 @@ def plot_losses(results: dict[str, Any], path: Path) -> None:
         f"{settings['task']} corpus, {settings['steps']} steps, {settings['dtype']}, "
         f"device {results['environment']['device']}"
     )
-    figure.tight_layout(rect=(0, 0, 0.86, 1))
+    figure.tight_layout(rect=(0, 0, 0.78, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 

@@ -96,16 +96,25 @@ def _cell(value: float | None, digits: int) -> str:
 DIGITS = {"loss": 4, "bytes": 1, "ms": 3, "multiple": 2}
 
 
+def format_hyperparameters(hyperparameters: dict[str, Any]) -> str:
+    """``lr=0.003, weight_decay=0.1``: what the bench passed (the rest are the class defaults)."""
+    return ", ".join(
+        f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}"
+        for key, value in hyperparameters.items()
+    )
+
+
 def format_table(results: dict[str, Any]) -> str:
     """A Markdown table, one row per optimizer, one time and roofline column pair per backend."""
     backends = results["settings"]["backends"]
-    header = ["optimizer", "train loss", "validation loss", "state B/param"]
+    header = ["optimizer", "hyperparameters", "train loss", "validation loss", "state B/param"]
     for backend in backends:
         header += [f"{backend} ms/step", f"{backend} x roofline"]
     rows = [header, ["---"] + ["---:"] * (len(header) - 1)]
     for entry in results["optimizers"]:
         row = [
             entry["name"],
+            format_hyperparameters(entry["hyperparameters"]),
             _cell(entry["train_loss"], DIGITS["loss"]),
             _cell(entry["validation_loss"], DIGITS["loss"]),
             _cell(entry["state_bytes_per_param"], DIGITS["bytes"]),
@@ -171,8 +180,11 @@ def format_header(results: dict[str, Any]) -> str:
 
 
 def format_notes(results: dict[str, Any]) -> str:
-    """Lines after the table: divergences, backends that could not run, estimated rooflines."""
-    lines = []
+    """Lines after the table: the hyperparameters' origin, divergences, failures, estimates."""
+    lines = [
+        "hyperparameters: tuned for this task, not the defaults: each learning rate is the best of a "
+        "sweep on the default preset (fastoptim.bench.settings.HYPERPARAMETERS); the rest are defaults"
+    ]
     for entry in results["optimizers"]:
         if entry["diverged"]:
             lines.append(f"{entry['name']} diverged (non-finite loss); its losses are shown as -")
