@@ -16,6 +16,11 @@ from fastoptim.validation import check_betas, check_nonnegative
 class Adam(Optimizer):
     r"""Adam (Kingma & Ba, 2015), with optional decoupled (AdamW) or fully decoupled decay.
 
+    Example::
+
+        optimizer = fastoptim.Adam(model.parameters(), lr=1e-3)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     For each parameter :math:`\theta` with gradient :math:`g_t` at step :math:`t`:
 
     .. math::
@@ -107,6 +112,11 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     r"""Adam with decoupled weight decay (Loshchilov & Hutter, 2019).
+
+    Example::
+
+        optimizer = fastoptim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
 
     :math:`\theta \leftarrow (1 - \gamma\lambda)\,\theta` before the Adam update of :class:`Adam`;
     ``decouple_lr=True`` makes it :math:`(1 - \tfrac{\gamma}{\gamma_{max}}\lambda)\,\theta`.

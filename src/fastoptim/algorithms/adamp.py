@@ -40,6 +40,11 @@ def _decayed_step(ops: Any, param: Any, target: Any, rate: Any, update: Any, neg
 class AdamP(Optimizer):
     r"""AdamP (Heo et al., ICLR 2021), following the official adamp 0.3.0.
 
+    Example::
+
+        optimizer = fastoptim.AdamP(model.parameters(), lr=1e-3, weight_decay=1e-2)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     .. math::
 
         m &\leftarrow \beta_1 m + (1 - \beta_1) g, \qquad v \leftarrow \beta_2 v + (1 - \beta_2) g^2 \\
@@ -159,6 +164,11 @@ class AdamP(Optimizer):
 
 class SGDP(Optimizer):
     r"""SGDP (Heo et al., ICLR 2021), following the official adamp 0.3.0.
+
+    Example::
+
+        optimizer = fastoptim.SGDP(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
 
     .. math::
 

@@ -19,6 +19,11 @@ from fastoptim.validation import check_betas, check_bool, check_nonnegative
 class Adan(Optimizer):
     r"""Adan (Xie et al., 2022), following the official sail-sg/Adan ``adan.py``.
 
+    Example::
+
+        optimizer = fastoptim.Adan(model.parameters(), lr=1e-3, weight_decay=0.02)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     With the code's betas (:math:`\beta_i` = 1 - the paper's), group step :math:`k`, gradient
     :math:`g_k` (globally clipped when ``max_grad_norm > 0``) and :math:`\Delta_k = g_k - g_{k-1}`
     (0 at a parameter's first step):

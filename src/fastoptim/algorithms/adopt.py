@@ -21,6 +21,11 @@ def default_clip(step: float) -> float:
 class ADOPT(Optimizer):
     r"""ADOPT (Taniguchi et al., NeurIPS 2024), following the official torch-adopt 0.1.0.
 
+    Example::
+
+        optimizer = fastoptim.ADOPT(model.parameters(), lr=1e-3)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     With :math:`n` the number of earlier calls for this parameter:
 
     .. math::

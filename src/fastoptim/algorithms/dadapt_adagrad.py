@@ -37,6 +37,11 @@ def _sparse_like(grad: Tensor, values: Tensor) -> Tensor:
 class DAdaptAdaGrad(Optimizer):
     r"""D-Adaptation AdaGrad (Defazio & Mishchenko, ICML 2023), following dadaptation 3.2.
 
+    Example::
+
+        optimizer = fastoptim.DAdaptAdaGrad(model.parameters())  # lr=1.0: d is estimated
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     Dual averaging with AdaGrad's diagonal scaling. With :math:`\delta = d\gamma` (:math:`\gamma`
     = the first group's lr), :math:`\alpha` the running sum of squared gradients (initialised to
     1e-6), :math:`D = \sqrt{\alpha} + \epsilon` and :math:`x_0` the initial parameters:

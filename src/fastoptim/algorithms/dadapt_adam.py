@@ -17,6 +17,11 @@ from fastoptim.validation import check_betas, check_nonnegative, check_positive
 class DAdaptAdam(Optimizer):
     r"""D-Adaptation Adam (Defazio & Mishchenko, ICML 2023), following dadaptation 3.2.
 
+    Example::
+
+        optimizer = fastoptim.DAdaptAdam(model.parameters())  # lr=1.0: d is estimated
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     One distance estimate :math:`d` for all parameters; the step scale is
     :math:`\delta = d\gamma` (:math:`\gamma` = the largest group lr; other groups must use that
     lr or 0, and ``layer_scale`` :math:`r` scales a group instead). With

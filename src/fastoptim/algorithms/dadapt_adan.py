@@ -16,6 +16,11 @@ from fastoptim.validation import check_betas, check_positive
 class DAdaptAdan(Optimizer):
     r"""D-Adaptation Adan (experimental in dadaptation), following dadaptation 3.2.
 
+    Example::
+
+        optimizer = fastoptim.DAdaptAdan(model.parameters())  # lr=1.0: d is estimated
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     With :math:`\delta = d\gamma` (:math:`\gamma` = the first group's lr),
     :math:`\Delta = g - g_{prev}` (0 at a parameter's first step), :math:`u = g + \beta_2\Delta`
     and :math:`D = \sqrt{n} + \epsilon`:

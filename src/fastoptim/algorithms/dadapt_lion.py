@@ -17,6 +17,11 @@ from fastoptim.validation import check_betas, check_nonnegative
 class DAdaptLion(Optimizer):
     r"""D-Adaptation Lion (experimental in dadaptation), following dadaptation 3.2.
 
+    Example::
+
+        optimizer = fastoptim.DAdaptLion(model.parameters())  # lr=1.0: d is estimated
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     With :math:`\delta = d\gamma` (:math:`\gamma` = the largest group lr) and
     :math:`\tilde\beta = \sqrt{\beta_2}`:
 

@@ -25,6 +25,11 @@ from fastoptim.validation import check_positive, check_unit_interval
 class DAdaptSGD(Optimizer):
     r"""D-Adaptation SGD (Defazio & Mishchenko, ICML 2023), following dadaptation 3.2.
 
+    Example::
+
+        optimizer = fastoptim.DAdaptSGD(model.parameters(), momentum=0.9)  # lr=1.0: d is estimated
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     Dual averaging with step :math:`\delta = d\gamma / \lVert g_0 \rVert` (:math:`\gamma` = the
     largest group lr, :math:`g_0` the first gradient) and primal averaging for momentum
     :math:`\mu` (:math:`c = 1 - \mu`):

@@ -15,6 +15,11 @@ from fastoptim.validation import check_betas
 class Lion(Optimizer):
     r"""Lion (Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms").
 
+    Example::
+
+        optimizer = fastoptim.Lion(model.parameters(), lr=1e-4, weight_decay=1e-2)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     .. math::
 
         u_t &= \operatorname{sign}\big(\beta_1 m_{t-1} + (1 - \beta_1)\, g_t\big) \\

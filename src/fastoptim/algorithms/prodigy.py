@@ -20,6 +20,11 @@ from fastoptim.validation import check_betas, check_positive, check_unit_interva
 class Prodigy(Optimizer):
     r"""Prodigy (Mishchenko & Defazio, ICML 2024), following prodigyopt 1.1.2.
 
+    Example::
+
+        optimizer = fastoptim.Prodigy(model.parameters(), lr=1.0)  # keep lr=1.0; schedule it as usual
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     One distance estimate :math:`d` for all parameters, with step scale
     :math:`d\gamma` (:math:`\gamma` = the largest group lr; a group's lr is otherwise only an on/off
     switch and must be that value or 0). With :math:`\hat g`, :math:`\hat\theta` every

@@ -16,6 +16,11 @@ from fastoptim.validation import check_bool, check_unit_interval
 class SGD(Optimizer):
     r"""SGD with momentum, exactly ``torch.optim.SGD``'s maths.
 
+    Example::
+
+        optimizer = fastoptim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loss.backward(); optimizer.step(); optimizer.zero_grad()
+
     .. math::
 
         b_t &= \begin{cases} g_t & t = 1 \\ \mu\, b_{t-1} + (1 - \tau)\, g_t & t > 1 \end{cases} \\
