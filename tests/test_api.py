@@ -219,3 +219,19 @@ def test_deepcopy_and_pickle_roundtrip() -> None:
     assert clone.backend == "foreach"
     restored = pickle.loads(pickle.dumps(optimizer))
     assert restored.backend == "foreach" and restored.optimizer_accumulation is False
+
+
+def test_help_shows_the_optimizer_api_not_the_algorithm_hooks() -> None:
+    import pydoc
+
+    from fastoptim.optimizer import INTERNAL_HOOKS
+
+    text = pydoc.render_doc(fastoptim.Adan, renderer=pydoc.plaintext)
+    assert "optimizer = fastoptim.Adan(" in text.split("Args:")[0]  # the example comes first
+    public = ("step(", "zero_grad(", "state_dict(", "load_state_dict(", "add_param_group(", "restart_opt(")
+    for name in public:
+        assert name in text, name
+    for hook in ("rule(", "scalars(", "global_scalars(", "begin_group(", "weight_decay_terms("):
+        assert hook not in text, hook
+    for name in INTERNAL_HOOKS:  # hidden from help() only: still there for algorithms and runners
+        assert hasattr(fastoptim.Prodigy, name), name

@@ -80,7 +80,40 @@ def _split_names(params: list[Any]) -> tuple[list[Any], list[str] | None]:
     return [p for _, p in params], [name for name, _ in params]
 
 
-class Optimizer(torch.optim.Optimizer):
+#: The algorithm interface and the machinery's entry points: what an algorithm implements and the
+#: runners call, not what a training loop uses (``docs/architecture.md`` documents them).
+INTERNAL_HOOKS = frozenset(
+    {
+        "state_keys",
+        "init_state",
+        "check_group",
+        "scalars",
+        "global_scalars",
+        "counts_in_reduction",
+        "update_skipped",
+        "begin_reduction",
+        "sharded_statistics",
+        "begin_group",
+        "accumulate",
+        "finalize",
+        "update",
+        "rule",
+        "run_buckets",
+        "weight_decay_terms",
+        "workspace",
+        "release_step",
+    }
+)
+
+
+class _HidesHooks(type):
+    """Leaves :data:`INTERNAL_HOOKS` out of ``dir(cls)``, so that ``help()`` shows the optimizer's API."""
+
+    def __dir__(cls) -> list[str]:
+        return [name for name in super().__dir__() if name not in INTERNAL_HOOKS]
+
+
+class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
     """A ``torch.optim.Optimizer`` whose maths is one rule shared by every execution path.
 
     Args:
