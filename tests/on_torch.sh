@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The compiled-backend, checkpoint and reference tests on another torch release, in a venv of its
-# own (.venv-torch-VERSION, reused when present). CI runs it on every release in
+# The compiled-backend, checkpoint and reference tests, and the distributed ones that lean on
+# DTensor and DCP, on another torch release, in a venv of its own (.venv-torch-VERSION, reused
+# when present). CI runs it on every release in
 # fastoptim.runners.compiled.cpu_codegen.TESTED_TORCH but the one the main suite installs.
 #   usage: bash tests/on_torch.sh 2.14.1
 set -euo pipefail
@@ -16,4 +17,6 @@ fi
 "$venv/bin/python" -m pytest -q -p no:cacheprovider \
     tests/test_compiled.py tests/test_compiled_chunks.py tests/test_update_scratch.py \
     tests/test_streaming_stores.py tests/test_loop_invariants.py tests/test_partial_sums.py \
-    tests/test_checkpoint.py tests/test_references.py tests/test_distributed.py tests/test_distributed_errors.py
+    tests/test_checkpoint.py tests/test_references.py tests/test_distributed_errors.py \
+    tests/test_distributed.py::test_two_ranks_equal_one_process \
+    tests/test_distributed.py::test_distributed_checkpoint_resumes_exactly

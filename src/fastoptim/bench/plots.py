@@ -33,7 +33,7 @@ def _smooth(values: list[float | None], weight: float) -> list[float]:
 
 #: Line styles and markers cycled over the optimizers, so that curves lying on each other (Adam
 #: and AdamW) both show.
-LINE_STYLES = ("-", "--", "-.", ":")
+LINE_STYLES = ("-", "--", "-.", ":", (0, (3, 1, 1, 1, 1, 1)))
 MARKERS = ("o", "s", "^", "v", "D")
 
 
@@ -48,18 +48,18 @@ def _colors(count: int) -> list[Any]:
 def plot_losses(results: dict[str, Any], path: Path) -> None:
     """Training and validation loss curves of every optimizer, side by side."""
     entries = results["optimizers"]
-    figure, (train_axis, validation_axis) = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
+    figure, (train_axis, validation_axis) = plt.subplots(1, 2, figsize=(12, 6.4), sharey=True)
     ceiling = []
     for index, (entry, color) in enumerate(zip(entries, _colors(len(entries)), strict=True)):
         curves = entry["curves"]
         style = LINE_STYLES[index % len(LINE_STYLES)]  # lines that coincide stay visible
         label = f"{entry['name']} ({format_hyperparameters(entry['hyperparameters'])})"
         train = _smooth(curves["train_loss"], 0.9)
-        train_axis.plot(range(1, len(train) + 1), train, style, color=color, label=label)
+        train_axis.plot(range(1, len(train) + 1), train, linestyle=style, color=color, label=label)
         validation = [math.nan if v is None else v for v in curves["validation_loss"]]
         marker = MARKERS[index % len(MARKERS)]
         validation_axis.plot(
-            curves["eval_steps"], validation, style, marker=marker, color=color, markersize=3
+            curves["eval_steps"], validation, linestyle=style, marker=marker, color=color, markersize=3
         )
         ceiling += [v for v in curves["validation_loss"] if v is not None]
     settings = results["settings"]
@@ -74,12 +74,12 @@ def plot_losses(results: dict[str, Any], path: Path) -> None:
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
     train_axis.set_ylabel("cross-entropy (nats per byte)")
-    figure.legend(loc="center right", fontsize="small", frameon=False)
+    figure.legend(loc="lower center", ncol=3, fontsize="small", frameon=False)
     figure.suptitle(
         f"{settings['task']} corpus, {settings['steps']} steps, {settings['dtype']}, "
         f"device {results['environment']['device']}"
     )
-    figure.tight_layout(rect=(0, 0, 0.78, 1))
+    figure.tight_layout(rect=(0, 0.22, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 

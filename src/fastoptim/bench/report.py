@@ -110,7 +110,7 @@ def format_table(results: dict[str, Any]) -> str:
     header = ["optimizer", "hyperparameters", "train loss", "validation loss", "state B/param"]
     for backend in backends:
         header += [f"{backend} ms/step", f"{backend} x roofline"]
-    rows = [header, ["---"] + ["---:"] * (len(header) - 1)]
+    rows = [header, ["---", "---"] + ["---:"] * (len(header) - 2)]
     for entry in results["optimizers"]:
         row = [
             entry["name"],
@@ -182,8 +182,9 @@ def format_header(results: dict[str, Any]) -> str:
 def format_notes(results: dict[str, Any]) -> str:
     """Lines after the table: the hyperparameters' origin, divergences, failures, estimates."""
     lines = [
-        "hyperparameters: tuned for this task, not the defaults: each learning rate is the best of a "
-        "sweep on the default preset (fastoptim.bench.settings.HYPERPARAMETERS); the rest are defaults"
+        "hyperparameters: chosen for this task, not the defaults: each learning rate is the best of a "
+        "sweep on the default preset (fastoptim.bench.settings.HYPERPARAMETERS); what is not shown is "
+        "the class default"
     ]
     for entry in results["optimizers"]:
         if entry["diverged"]:
