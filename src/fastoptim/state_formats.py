@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from fastoptim.distributed import is_dtensor
+
 if TYPE_CHECKING:
     from fastoptim.optimizer import Optimizer
 
@@ -150,7 +152,13 @@ def _translate_group(optimizer: Optimizer, fmt: Format, index: int, saved: dict[
 def _expected_shape(
     optimizer: Optimizer, group: dict[str, Any], param: Tensor, key: str
 ) -> torch.Size | None:
-    """The shape ``init_state`` gives ``key`` for ``param`` (None where it cannot be told)."""
+    """The shape ``init_state`` gives ``key`` for ``param`` (None where it cannot be told).
+
+    Not told for DTensor parameters (whose states may follow their placement; distributed
+    checkpoints load them into a template of this optimizer's own shapes).
+    """
+    if is_dtensor(param):
+        return None
     try:
         meta = torch.empty(param.shape, dtype=param.dtype, device="meta")
         return optimizer.init_state(group, meta, key).shape
