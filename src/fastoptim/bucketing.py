@@ -90,10 +90,12 @@ def creates_state_only(optimizer: Optimizer) -> bool:
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     if any(p.grad is None for p in params):
         return False
-    nonzero = sum(int(local(p.grad).count_nonzero()) for p in params)
+    device = params[0].device if params else torch.device("cpu")
+    counts = [local(p.grad).count_nonzero().to(device, torch.float64) for p in params]
+    nonzero = torch.stack(counts).sum() if counts else torch.zeros((), dtype=torch.float64)
     if optimizer.sharding is not None:
-        nonzero = int(optimizer.sharding.sum(torch.tensor(float(nonzero)), torch.float64).item())
-    return nonzero == 0
+        nonzero = optimizer.sharding.sum(nonzero, torch.float64)
+    return nonzero.item() == 0  # one read
 
 
 def create_state(optimizer: Optimizer) -> None:
