@@ -39,7 +39,8 @@ def prepare_buckets(
         )
     lr = float(group["lr"])
     dense_keys = optimizer.state_keys(group)
-    kahan_allowed = group["kahan_sum"] is not False
+    rounding = bool(group.get("stochastic_rounding", False))
+    kahan_allowed = group["kahan_sum"] is not False and not rounding
     own = local if optimizer.has_dtensors else _same  # runners step DTensors' local shards
     if any(p.is_complex() for p in params):  # and complex tensors' real views (as torch.optim)
         own = _real_view(own)
@@ -51,13 +52,15 @@ def prepare_buckets(
         step = state["step"] = state.get("step", 0) + 1
         bucket = buckets.get((step, p.device, p.dtype, sparse))
         if bucket is None:
-            bucket = _new_bucket(optimizer, group, step, lr, p, len(keys), kahan_allowed, shared)
+            bucket = _new_bucket(optimizer, group, step, lr, p, len(keys), kahan_allowed, rounding, shared)
             buckets[(step, p.device, p.dtype, sparse)] = bucket
         bucket.params.append(own(p))
         bucket.grads.append(own(p.grad))
         for column, key in zip(bucket.states, keys, strict=True):
             column.append(own(state[key]))
-        if bucket.kahan_comps is not None:
+        if bucket.scalars.stochastic:  # in the Kahan buffer's place: the parameter's stream number
+            bucket.kahan_comps.append(optimizer.rounding.stream(p, _position(optimizer, p)))
+        elif bucket.kahan_comps is not None:
             if "kahan_comp" not in state:
                 state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             bucket.kahan_comps.append(own(state["kahan_comp"]))
@@ -123,6 +126,15 @@ def _real_view(own: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     return real
 
 
+def _position(optimizer: Optimizer, param: Tensor) -> int:
+    """``param``'s position among the optimizer's parameters (kept until the groups change)."""
+    positions = optimizer.__dict__.get("_positions")
+    if positions is None or id(param) not in positions:
+        every = (p for group in optimizer.param_groups for p in group["params"])
+        positions = optimizer._positions = {id(p): i for i, p in enumerate(every)}
+    return positions[id(param)]
+
+
 def _new_bucket(
     optimizer: Optimizer,
     group: dict[str, Any],
@@ -131,9 +143,11 @@ def _new_bucket(
     p: Tensor,
     n_states: int,
     kahan_allowed: bool,
+    rounding: bool,
     shared: dict[str, Any],
 ) -> Bucket:
     low_precision = is_low_precision(p.dtype)
+    stochastic = rounding and p.dtype == torch.bfloat16
     sparse = p.grad.is_sparse
     l2, decay_rate = optimizer.weight_decay_terms(group, lr)
     if sparse:
@@ -142,6 +156,8 @@ def _new_bucket(
     scalars = SimpleNamespace(
         lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision, maximize=maximize
     )
+    scalars.stochastic = stochastic
+    scalars.rounding_seed = optimizer.rounding.step_seed(p.device) if stochastic else None
     scalars.__dict__.update(shared)
     scalars.__dict__.update(optimizer.scalars(group, step, lr))
     return Bucket(
@@ -149,6 +165,6 @@ def _new_bucket(
         dtype=p.real.dtype if p.is_complex() else p.dtype,  # complex: the real views
         scalars=scalars,
         states=[[] for _ in range(n_states)],
-        kahan_comps=[] if low_precision and kahan_allowed else None,
+        kahan_comps=[] if low_precision and (kahan_allowed or stochastic) else None,
         sparse=sparse,
     )

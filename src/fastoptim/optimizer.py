@@ -38,6 +38,8 @@ from fastoptim.runners import BACKENDS, PLANNED_BACKENDS, Bucket, get_runner
 from fastoptim.runners.apply import apply_rule
 from fastoptim.runners.ops import Workspace
 from fastoptim.state_formats import translate
+from fastoptim.stochastic_rounding import STATE_KEY as ROUNDING_KEY
+from fastoptim.stochastic_rounding import RoundingSource
 from fastoptim.validation import check_bool, check_nonnegative
 from fastoptim.weight_decay import check_weight_decay, decay_terms
 
@@ -132,6 +134,10 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
             :mod:`fastoptim.distributed`.
         maximize: Maximize the objective: step along the gradient instead of against it, as
             torch.optim's ``maximize`` (default: False; a per-group option).
+        stochastic_rounding: Write bf16 parameters stochastically rounded (unbiased, no
+            compensation buffer; see :mod:`fastoptim.stochastic_rounding`) instead of with Kahan
+            summation (default: False; a per-group option; not with ``kahan_sum=True`` nor fp16
+            parameters).
         **defaults: The algorithm's hyperparameters, the default options of every param group.
             Subclasses pass ``**hyperparameters(locals())``, so that their signature is the
             single list of arguments.
@@ -176,6 +182,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
         **defaults: Any,
     ) -> None:
         if isinstance(params, (set, Tensor)):
@@ -203,7 +210,9 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
         #: Ids of the parameters gradient release stepped since the last step() whose gradient DDP
         #: keeps (see :mod:`fastoptim.gradient_release`): step() does not step them again.
         self.released: set[int] = set()
-        super().__init__(params, {**defaults, "kahan_sum": kahan_sum, "maximize": maximize})
+        self._rounding: RoundingSource | None = None
+        options = {"kahan_sum": kahan_sum, "maximize": maximize, "stochastic_rounding": stochastic_rounding}
+        super().__init__(params, {**defaults, **options})
 
     # ------------------------------------------------------------------ algorithm interface
 
@@ -341,6 +350,7 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
         self._detect_sharding(params)
         super().add_param_group(group)
         self._group_index = None
+        self._positions = None
 
     def _detect_sharding(self, new: list[Tensor]) -> None:
         """Sets :attr:`sharding` for the parameters so far and ``new`` (raises before any change)."""
@@ -353,6 +363,14 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
         check_nonnegative(group["lr"], "lr")
         check_bool(group["kahan_sum"], "kahan_sum", allow_none=True)
         check_bool(group.get("maximize", False), "maximize")
+        rounding = group.get("stochastic_rounding", False)
+        check_bool(rounding, "stochastic_rounding")
+        if rounding and group["kahan_sum"] is True:
+            raise ValueError(
+                "stochastic_rounding=True with kahan_sum=True: choose one way to keep small updates"
+            )
+        if rounding and any(p.dtype == torch.float16 for p in group["params"]):
+            raise ValueError("stochastic_rounding is for bf16 parameters; fp16 parameters keep kahan_sum")
         check_weight_decay(group)
 
     # ------------------------------------------------------------------ stepping
@@ -418,6 +436,13 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
         return decay_terms(group, lr)
 
     @property
+    def rounding(self) -> RoundingSource:
+        """The seeds of stochastic rounding (made on first use: it draws from torch's generator)."""
+        if self._rounding is None:
+            self._rounding = RoundingSource()
+        return self._rounding
+
+    @property
     def workspace(self) -> Workspace:
         """Scratch tensors of the loop runner, one set per thread.
 
@@ -443,6 +468,8 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
         record = informative_record(self)
         if record is not None:
             state_dict[ONE_PASS_KEY] = record
+        if self._rounding is not None:
+            state_dict[ROUNDING_KEY] = self._rounding.state_dict()
         return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -454,7 +481,10 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
         """
         state_dict = translate(self, dict(state_dict))  # also other libraries' (fastoptim.state_formats)
         record = state_dict.pop(ONE_PASS_KEY, None)
+        rounding = state_dict.pop(ROUNDING_KEY, None)
         super().load_state_dict(state_dict)
+        if rounding is not None:
+            self.rounding.load_state_dict(rounding)
         runners.forget(self)
         restore_record(self, record)
 
@@ -471,5 +501,6 @@ class Optimizer(torch.optim.Optimizer, metaclass=_HidesHooks):
         self._workspaces = threading.local()
         self._informative_reduction = None
         self.released = set()
+        self.__dict__.setdefault("_rounding", None)
         self.shard_group = None  # process groups do not pickle; DTensor sharding is found again
         self._detect_sharding([])

@@ -1,4 +1,4 @@
-"""Writing an update into a parameter: plainly, or Kahan-compensated for bf16/fp16 parameters.
+"""Writing an update into a parameter: plainly, Kahan-compensated or stochastically rounded.
 
 Runners compute in float32 for low-precision parameters and call :func:`store` once per parameter
 (or list of parameters) with the algorithm's update. Decoupled weight decay goes through the same
@@ -31,12 +31,7 @@ def is_low_precision(dtype: torch.dtype) -> bool:
 
 
 def store(
-    ops: Any,
-    param: Any,
-    kahan_comp: Any | None,
-    step_into: Callable[[Any], Any],
-    decay_rate: float,
-    low_precision: bool,
+    ops: Any, param: Any, kahan_comp: Any | None, step_into: Callable[[Any], Any], scalars: Any
 ) -> None:
     """Applies ``p ← (1 - decay_rate) · p + Δ`` where ``step_into(t)`` returns ``t + Δ``.
 
@@ -44,12 +39,21 @@ def store(
         ops: The runner's primitives (:class:`~fastoptim.runners.ops.TensorOps` or
             :class:`~fastoptim.runners.ops.ForeachOps`).
         param: The parameter (or list of parameters) to write.
-        kahan_comp: The compensation buffer(s), or None for a plain write.
+        kahan_comp: The compensation buffer(s), or None for a plain write; with stochastic
+            rounding, the parameters' stream numbers (:mod:`fastoptim.stochastic_rounding`).
         step_into: Adds the algorithm's update to its argument and returns the result; may work
             in place on its argument.
-        decay_rate: Decoupled weight decay already scaled by the learning rate (0 for none).
-        low_precision: Whether ``param`` is bf16/fp16 (the update is then formed in float32).
+        scalars: The step's scalars: ``decay_rate`` (decoupled decay already scaled by the
+            learning rate), ``low_precision`` (bf16/fp16: the update is formed in float32) and,
+            with ``stochastic`` rounding, the step's ``rounding_seed``.
     """
+    decay_rate = scalars.decay_rate
+    if scalars.stochastic:  # bf16 written as one of its two neighbours, unbiased (no buffer)
+        target = ops.to_fp32(param)
+        if is_set(decay_rate):
+            target = ops.mul_(target, 1.0 - decay_rate)
+        ops.copy_(param, ops.stochastic_round(step_into(target), scalars.rounding_seed, kahan_comp))
+        return
     if kahan_comp is not None:
         # In float32: y = c + Δ - rate·p;  s = p + y;  p' = round(s);  c' = s - p'.
         comp = ops.to_fp32(kahan_comp)
@@ -59,7 +63,7 @@ def store(
         ops.copy_(param, comp)
         ops.copy_(kahan_comp, ops.sub_(comp, param))
         return
-    target = ops.to_fp32(param) if low_precision else param
+    target = ops.to_fp32(param) if scalars.low_precision else param
     if is_set(decay_rate):
         target = ops.mul_(target, 1.0 - decay_rate)
     result = step_into(target)

@@ -55,8 +55,8 @@ class Adam(Optimizer):
         decouple_wd: Decoupled weight decay, as AdamW (default: False).
         decouple_lr: Fully decoupled weight decay (default: False).
         max_lr: Peak scheduled learning rate for ``decouple_lr`` (default: None, meaning ``lr``).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
@@ -79,6 +79,7 @@ class Adam(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 
@@ -129,8 +130,8 @@ class AdamW(Adam):
         eps: Added to the denominator (default: 1e-6).
         decouple_lr: Fully decoupled weight decay (default: False).
         max_lr: Peak scheduled learning rate for ``decouple_lr`` (default: None, meaning ``lr``).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     def __init__(
@@ -149,5 +150,6 @@ class AdamW(Adam):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(params, decouple_wd=True, **hyperparameters(locals()))

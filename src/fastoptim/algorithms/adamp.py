@@ -84,8 +84,8 @@ class AdamP(Optimizer):
         delta: Projection threshold :math:`\delta` (default: 0.1).
         wd_ratio: Decay multiplier for projected weights (default: 0.1).
         nesterov: Nesterov momentum in the update (default: False).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
@@ -107,6 +107,7 @@ class AdamP(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 
@@ -201,8 +202,8 @@ class SGDP(Optimizer):
         eps: Guards the norms (default: 1e-8).
         delta: Projection threshold :math:`\delta` (default: 0.1).
         wd_ratio: Decay multiplier for projected weights (default: 0.1).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("momentum",)
@@ -225,6 +226,7 @@ class SGDP(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 

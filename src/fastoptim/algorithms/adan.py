@@ -71,8 +71,8 @@ class Adan(Optimizer):
             Needs the whole step, so it cannot be combined with ``gradient_release=True``.
         no_prox: AdamW-style decay instead of the proximal step (default: False).
         fused: Only None or False are accepted (no fused kernel yet).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "neg_pre_grad")
@@ -95,6 +95,7 @@ class Adan(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         if fused:
             raise ValueError("fused=True is not available; use backend='loop' or 'foreach'")

@@ -67,8 +67,8 @@ class ADOPT(Optimizer):
         weight_decay: Decay coefficient :math:`\lambda` (default: 0).
         decouple: Decoupled (AdamW-style) weight decay instead of L2 (default: False).
         fused: Only None or False are accepted (no fused kernel yet).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     STATE_KEYS = ("exp_avg", "exp_avg_sq")
@@ -91,6 +91,7 @@ class ADOPT(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         if clip_lambda is not None and not callable(clip_lambda):
             raise TypeError(f"clip_lambda must be a function of the step count or None, got {clip_lambda!r}")

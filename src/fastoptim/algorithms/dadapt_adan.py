@@ -60,8 +60,8 @@ class DAdaptAdan(Optimizer):
         log_every: Log d every this many steps; 0 disables (default: 0).
         d0: Initial distance estimate (default: 1e-6).
         growth_rate: Largest factor by which :math:`d` may grow per step (default: inf).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     REDUCES = True
@@ -86,6 +86,7 @@ class DAdaptAdan(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

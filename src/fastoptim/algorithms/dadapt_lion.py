@@ -57,8 +57,8 @@ class DAdaptLion(Optimizer):
         fsdp_in_use: With plain-tensor parameters, sum the statistics over the default process
             group, as officially (default: False). Not needed under FSDP2 (detected) or with
             ``shard_group``.
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     REDUCES = True
@@ -80,6 +80,7 @@ class DAdaptLion(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         check_nonnegative(lr, "lr")
         arguments = hyperparameters(locals())

@@ -72,8 +72,8 @@ class DAdaptSGD(Optimizer):
         fsdp_in_use: With plain-tensor parameters, sum the statistics over the default process
             group, as officially (default: False). Not needed under FSDP2 (detected) or with
             ``shard_group``.
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     REDUCES = True
@@ -99,6 +99,7 @@ class DAdaptSGD(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

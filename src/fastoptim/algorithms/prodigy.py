@@ -85,8 +85,8 @@ class Prodigy(Optimizer):
             group, as officially (default: False). Not needed under FSDP2 (detected) or with
             ``shard_group``.
         slice_p: Estimate from every ``slice_p``-th element only, to save memory (default: 1).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     REDUCES = True
@@ -115,6 +115,7 @@ class Prodigy(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         check_positive(lr, "lr")
         arguments = hyperparameters(locals())

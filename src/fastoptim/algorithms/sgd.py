@@ -42,8 +42,8 @@ class SGD(Optimizer):
         decouple_wd: Decoupled weight decay (default: False).
         decouple_lr: Fully decoupled weight decay (default: False).
         max_lr: Peak scheduled learning rate for ``decouple_lr`` (default: None, meaning ``lr``).
-        kahan_sum, backend, foreach, gradient_release, shard_group, maximize: As for every fastoptim optimizer
-            (:class:`fastoptim.Optimizer`).
+        kahan_sum, backend, foreach, gradient_release, shard_group, maximize, stochastic_rounding: As for
+            every fastoptim optimizer (:class:`fastoptim.Optimizer`).
     """
 
     def __init__(
@@ -64,6 +64,7 @@ class SGD(Optimizer):
         gradient_release: bool = False,
         shard_group: Any = None,
         maximize: bool = False,
+        stochastic_rounding: bool = False,
     ) -> None:
         super().__init__(params, **hyperparameters(locals()))
 

@@ -77,7 +77,7 @@ def apply_rule(
     step_into, new_states = optimizer.rule(ops, param, grad, _working_states(ops, states, scalars), scalars)
     _write_back(ops, states, new_states)
     if update_params:
-        store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+        store(ops, param, kahan_comp, step_into, scalars)
 
 
 def _accumulate(
@@ -108,7 +108,7 @@ def _update(
     step_into, new_states = optimizer.update(ops, param, grad, _working_states(ops, states, scalars), scalars)
     _write_back(ops, states, new_states)
     if update_params:
-        store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+        store(ops, param, kahan_comp, step_into, scalars)
 
 
 def apply_accumulate(
@@ -129,7 +129,7 @@ def apply_accumulate(
     grad = _prepared_grad(ops, param, grad, scalars, update_params)
     partials, step_into = _accumulate(optimizer, ops, param, grad, states, scalars)
     if step_into is not None and update_params:
-        store(ops, param, kahan_comp, step_into, scalars.decay_rate, scalars.low_precision)
+        store(ops, param, kahan_comp, step_into, scalars)
     return partials
 
 

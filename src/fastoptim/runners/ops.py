@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from fastoptim.projection import project, project_each
+from fastoptim.stochastic_rounding import round_to_bf16
 
 TensorList = list[Tensor]
 
@@ -105,6 +106,11 @@ class TensorOps:
     def sub(self, x: Tensor, y: Tensor) -> Tensor:
         """Returns ``x - y``."""
         return torch.sub(x, y, out=self.workspace.take(x))
+
+    @staticmethod
+    def stochastic_round(x: Tensor, seed: Tensor, stream: Tensor) -> Tensor:
+        """Float32 ``x`` rounded to bf16 values, unbiased (see :mod:`fastoptim.stochastic_rounding`)."""
+        return round_to_bf16(x, seed, stream)
 
     def neg(self, x: Tensor) -> Tensor:
         """Returns ``-x`` (also for a sparse gradient)."""
@@ -199,6 +205,10 @@ class ForeachOps:
     @staticmethod
     def each(values: list[float], function: Callable[[float], float]) -> list[float]:
         return [function(value) for value in values]
+
+    @staticmethod
+    def stochastic_round(x: TensorList, seed: Tensor, stream: TensorList) -> TensorList:
+        return [round_to_bf16(t, seed, s) for t, s in zip(x, stream, strict=True)]
 
     @staticmethod
     def neg(x: TensorList) -> TensorList:

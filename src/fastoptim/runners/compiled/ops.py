@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastoptim.stochastic_rounding import round_to_bf16
+
 # inductor's fused multiply-add, torch.ops.prims.fma, is registered by this module (a rule may be
 # traced before anything else imported inductor); without it, products and sums round twice.
 try:
@@ -106,6 +108,7 @@ class CompiledOps:
     copy_ = staticmethod(Tensor.copy_)
     sub = staticmethod(torch.sub)
     neg = staticmethod(torch.neg)
+    stochastic_round = staticmethod(round_to_bf16)
     mul = staticmethod(torch.mul)
     sqrt = staticmethod(torch.sqrt)
     div = staticmethod(torch.div)
