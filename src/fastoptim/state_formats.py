@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 #: Group options fastoptim has and some libraries do not store: filled with this class's default.
 FASTOPTIM_ONLY = frozenset(
-    {"kahan_sum", "maximize", "decouple_wd", "decouple_lr", "max_lr", "d0", "nesterov"}
+    {"kahan_sum", "maximize", "stochastic_rounding", "decouple_wd", "decouple_lr", "max_lr", "d0", "nesterov"}
 )
 #: Per-parameter entries that are optional in a state: created at the next step when missing.
 OPTIONAL_STATE = frozenset({"step", "kahan_comp"})
