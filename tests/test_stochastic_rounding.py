@@ -121,3 +121,18 @@ def test_refused_with_kahan_and_on_fp16() -> None:
         )
     with pytest.raises(TypeError, match="stochastic_rounding"):
         fastoptim.Adam(bf16, lr=1e-3, stochastic_rounding="yes")
+
+
+def test_the_state_creating_step_makes_no_kahan_buffer() -> None:
+    """torch.distributed.checkpoint's state-creating step (lr 0, zero gradients) makes the state a
+    step would: with stochastic rounding, no Kahan buffer."""
+    params = [torch.nn.Parameter(torch.randn(4, 3).to(torch.bfloat16)) for _ in range(2)]
+    optimizer = fastoptim.AdamW(params, lr=0.0, stochastic_rounding=True)
+    for param in params:
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    assert all(state["step"] == 0 and "kahan_comp" not in state for state in optimizer.state.values())
+    kahan = fastoptim.AdamW([torch.nn.Parameter(torch.randn(3).to(torch.bfloat16))], lr=0.0)
+    kahan.param_groups[0]["params"][0].grad = torch.zeros(3, dtype=torch.bfloat16)
+    kahan.step()
+    assert all("kahan_comp" in state for state in kahan.state.values())

@@ -40,7 +40,7 @@ def prepare_buckets(
     lr = float(group["lr"])
     dense_keys = optimizer.state_keys(group)
     rounding = bool(group.get("stochastic_rounding", False))
-    kahan_allowed = group["kahan_sum"] is not False and not rounding
+    kahan_allowed = _kahan_allowed(group)
     own = local if optimizer.has_dtensors else _same  # runners step DTensors' local shards
     if any(p.is_complex() for p in params):  # and complex tensors' real views (as torch.optim)
         own = _real_view(own)
@@ -61,9 +61,7 @@ def prepare_buckets(
         if bucket.scalars.stochastic:  # in the Kahan buffer's place: the parameter's stream number
             bucket.kahan_comps.append(optimizer.rounding.stream(p, _position(optimizer, p)))
         elif bucket.kahan_comps is not None:
-            if "kahan_comp" not in state:
-                state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            bucket.kahan_comps.append(own(state["kahan_comp"]))
+            bucket.kahan_comps.append(own(_kahan_buffer(state, p)))
     return list(buckets.values())
 
 
@@ -76,6 +74,18 @@ def _initialised(
         if key not in state:
             state[key] = optimizer.init_state(group, p, key)
     return state
+
+
+def _kahan_allowed(group: dict[str, Any]) -> bool:
+    """Whether ``group``'s bf16/fp16 parameters keep Kahan buffers (not with stochastic rounding)."""
+    return group["kahan_sum"] is not False and not group.get("stochastic_rounding", False)
+
+
+def _kahan_buffer(state: dict[str, Any], p: Tensor) -> Tensor:
+    """``p``'s Kahan buffer, created (zeros) when it has none."""
+    if "kahan_comp" not in state:
+        state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return state["kahan_comp"]
 
 
 def creates_state_only(optimizer: Optimizer) -> bool:
@@ -110,8 +120,8 @@ def create_state(optimizer: Optimizer) -> None:
                 continue
             state = _initialised(optimizer, group, p, keys)
             state.setdefault("step", 0)
-            if is_low_precision(p.dtype) and group["kahan_sum"] is not False and "kahan_comp" not in state:
-                state["kahan_comp"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            if is_low_precision(p.dtype) and _kahan_allowed(group):
+                _kahan_buffer(state, p)
 
 
 def _same(tensor: Tensor) -> Tensor:
@@ -154,10 +164,14 @@ def _new_bucket(
         l2 = 0.0
     maximize = bool(group.get("maximize", False))  # (groups saved before it existed lack it)
     scalars = SimpleNamespace(
-        lr=lr, l2=l2, decay_rate=decay_rate, low_precision=low_precision, maximize=maximize
+        lr=lr,
+        l2=l2,
+        decay_rate=decay_rate,
+        low_precision=low_precision,
+        maximize=maximize,
+        stochastic=stochastic,
+        rounding_seed=optimizer.rounding.step_seed(p.device) if stochastic else None,
     )
-    scalars.stochastic = stochastic
-    scalars.rounding_seed = optimizer.rounding.step_seed(p.device) if stochastic else None
     scalars.__dict__.update(shared)
     scalars.__dict__.update(optimizer.scalars(group, step, lr))
     return Bucket(
