@@ -83,20 +83,25 @@ def project(
         return _apply(decided[id(param)], param.to(grad.dtype), update, wd_ratio, eps)
     if param.dtype != grad.dtype:
         param = param.to(grad.dtype)
-    rows = _channel_view(param).size(1)
-    g, p = _channel_view(grad), _channel_view(param)
-    dot = torch.einsum("ij,ij->i", g, p)
-    grad_norm = torch.linalg.vector_norm(g, dim=1)
-    param_norm = torch.linalg.vector_norm(p, dim=1)
-    channel = dot.abs() / (grad_norm.clamp_min(eps) * param_norm.clamp_min(eps))
+    columns = _channel_view(param).size(1)
+    dot, grad_norm, param_norm, channel = _channel_sums(param, grad, eps)
     layer_grad_norm = grad_norm.square().sum().sqrt().clamp_min(eps)
     layer = dot.sum().abs() / (layer_grad_norm * param_norm.square().sum().sqrt().clamp_min(eps))
     channel_max, layer_cos = torch.stack((channel.max(), layer)).tolist()
-    for view, cheap, size in ((_channel_view, channel_max, rows), (_layer_view, layer_cos, param.numel())):
+    for view, cheap, size in ((_channel_view, channel_max, columns), (_layer_view, layer_cos, param.numel())):
         threshold = delta / math.sqrt(size)
         if _decide(cheap, threshold, lambda view=view: _cosine(view(grad), view(param), eps)):
             return _project_along(param, update, view, eps), wd_ratio
     return update, 1.0
+
+
+def _channel_sums(param: Tensor, grad: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per output channel: ``g . p``, ``|g|``, ``|p|`` and ``|cos(g, p)|`` (norms guarded by ``eps``)."""
+    g, p = _channel_view(grad), _channel_view(param.to(grad.dtype))
+    dot = torch.einsum("ij,ij->i", g, p)
+    grad_norm = torch.linalg.vector_norm(g, dim=1)
+    param_norm = torch.linalg.vector_norm(p, dim=1)
+    return dot, grad_norm, param_norm, dot.abs() / (grad_norm.clamp_min(eps) * param_norm.clamp_min(eps))
 
 
 def _project_along(param: Tensor, update: Tensor, view: Callable[[Tensor], Tensor], eps: float) -> Tensor:
@@ -166,13 +171,9 @@ def _apply(
 
 def _shard_statistics(param: Tensor, grad: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """This shard's largest channel cosine, and its ``[sum g.p, sum g^2, sum p^2, rows]``."""
-    g, p = _channel_view(grad), _channel_view(param.to(grad.dtype))
-    dot = torch.einsum("ij,ij->i", g, p)
-    grad_norm = torch.linalg.vector_norm(g, dim=1)
-    param_norm = torch.linalg.vector_norm(p, dim=1)
-    channel = dot.abs() / (grad_norm.clamp_min(eps) * param_norm.clamp_min(eps))
+    dot, grad_norm, param_norm, channel = _channel_sums(param, grad, eps)
     largest = channel.max() if channel.numel() else channel.new_zeros(())
-    rows = torch.tensor(float(g.size(0)), dtype=torch.float64, device=g.device)
+    rows = torch.tensor(float(param.size(0)), dtype=torch.float64, device=grad.device)
     sums = torch.stack((dot.sum(), grad_norm.square().sum(), param_norm.square().sum())).to(torch.float64)
     return largest.to(torch.float64), torch.cat((sums, rows.view(1)))
 

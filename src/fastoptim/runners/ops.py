@@ -90,6 +90,8 @@ class TensorOps:
     copy_ = staticmethod(Tensor.copy_)  #: writes ``src`` into ``dst``, rounding to its dtype
 
     project = staticmethod(project)  #: AdamP's projection; returns (update, wd multiplier)
+    #: Float32 ``x`` rounded to bf16 values, unbiased (:mod:`fastoptim.stochastic_rounding`).
+    stochastic_round = staticmethod(round_to_bf16)
 
     def __init__(self, workspace: Workspace) -> None:
         self.workspace = workspace
@@ -106,11 +108,6 @@ class TensorOps:
     def sub(self, x: Tensor, y: Tensor) -> Tensor:
         """Returns ``x - y``."""
         return torch.sub(x, y, out=self.workspace.take(x))
-
-    @staticmethod
-    def stochastic_round(x: Tensor, seed: Tensor, stream: Tensor) -> Tensor:
-        """Float32 ``x`` rounded to bf16 values, unbiased (see :mod:`fastoptim.stochastic_rounding`)."""
-        return round_to_bf16(x, seed, stream)
 
     def neg(self, x: Tensor) -> Tensor:
         """Returns ``-x`` (also for a sparse gradient)."""
